@@ -1,0 +1,209 @@
+"""``BestOfN``: a VLMEvalKit model that samples N step-by-step answers from a base model, scores
+every step with a PRM and answers with the best candidate.
+
+Data flows one way: sample -> split steps -> score -> select -> store. Every candidate and score is
+appended to the candidate store the moment it exists, and read back on a rerun, so nothing is
+sampled or scored twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+
+from vlmeval.vlm.base import BaseModel
+
+from .aggregate import AGGREGATORS, response_score
+from .hf_loading import message_parts
+from .prm import build_scorer
+from .run_context import store_path
+from .sampling import SamplingConfig, get_adapter
+from .steps import split_steps
+from .store import CandidateStore, SampleRecords
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRM = "lmdeploy:http://127.0.0.1:23333"
+DEFAULT_STEP_PROMPT = (
+    "Solve the problem step by step. Put a blank line between steps, and state the final answer in the last step."
+)
+# VLMEvalKit marks failed predictions with this text and retries them on the next run.
+FAIL_MSG = "Failed to obtain answer via API."
+
+
+def sample_key(dataset: str | None, message: list[dict]) -> str:
+    blob = json.dumps([dataset, message], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def build_base(model, **kwargs):
+    """A base model from a ``supported_VLM`` name or a ``--config``-style dict with ``class``."""
+    from vlmeval.config import supported_VLM
+
+    if isinstance(model, dict):
+        import vlmeval.api
+        import vlmeval.vlm
+
+        cfg = dict(model)
+        cls_name = cfg.pop("class")
+        for mod in (vlmeval.vlm, vlmeval.api):
+            if hasattr(mod, cls_name):
+                return getattr(mod, cls_name)(**cfg, **kwargs)
+        raise ValueError(f"base model class {cls_name!r} is not in vlmeval.vlm or vlmeval.api")
+    if model not in supported_VLM:
+        raise KeyError(f"base model {model!r} is not in VLMEvalKit's supported_VLM")
+    return supported_VLM[model](**kwargs)
+
+
+class BestOfN(BaseModel):
+    """Best-of-N over any VLMEvalKit model. Keyword arguments it does not know go to the base model
+    (e.g. ``use_vllm``, which VLMEvalKit injects for Qwen2-VL names)."""
+
+    def __init__(self, model, n: int = 8, prm: str | None = None, prm_options: dict | None = None,
+                 temperature: float = 0.7, top_p: float = 0.95, top_k: int | None = None,
+                 max_new_tokens: int | None = None, first_greedy: bool = False, aggregate: str = "mean",
+                 max_steps: int = 12, step_prompt: str = DEFAULT_STEP_PROMPT, orm: bool = False,
+                 name: str | None = None, **base_kwargs):
+        super().__init__()
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if aggregate not in AGGREGATORS:
+            raise ValueError(f"aggregate must be one of {sorted(AGGREGATORS)}, got {aggregate!r}")
+        self.n, self.aggregate, self.max_steps, self.orm = n, aggregate, max_steps, orm
+        self.prm_spec = prm or os.environ.get("VLMEVAL_PRM_SPEC") or DEFAULT_PRM
+        self.prm_options = dict(prm_options or {})
+        self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k,
+                                       max_new_tokens=max_new_tokens, first_greedy=first_greedy)
+        self.base_name = model if isinstance(model, str) else model.get("class", "custom")
+        self.name = name or f"{self.base_name}-BoN{n}"
+        self.base = build_base(model, **base_kwargs)
+        self.adapter = get_adapter(self.base)  # fails here, naming the class, if it cannot sample
+        self.step_prompt = None if self.adapter.enable_cot(self.base) else step_prompt
+        self.is_api = getattr(self.base, "is_api", False)
+        self.INTERLEAVE = getattr(self.base, "INTERLEAVE", False)
+        self._prm = None
+        self._stores: dict[str, CandidateStore] = {}
+        self._lock = threading.Lock()
+
+    # -- VLMEvalKit model protocol, delegated to the base model -------------------------------
+    def use_custom_prompt(self, dataset):
+        return self.base.use_custom_prompt(dataset)
+
+    def build_prompt(self, line, dataset=None):
+        return self.base.build_prompt(line, dataset=dataset)
+
+    def set_dump_image(self, dump_image_func):
+        super().set_dump_image(dump_image_func)
+        if hasattr(self.base, "set_dump_image"):
+            self.base.set_dump_image(dump_image_func)
+
+    def generate_inner(self, message, dataset=None):
+        return self.generate(message, dataset)
+
+    # -- Best-of-N -----------------------------------------------------------------------------
+    @property
+    def prm(self):
+        """Built on first use: a rerun whose candidates are all scored never touches the PRM."""
+        with self._lock:
+            if self._prm is None:
+                self._prm = build_scorer(self.prm_spec, **self.prm_options)
+            return self._prm
+
+    def store(self, dataset: str | None) -> CandidateStore:
+        path = store_path(self.name, dataset)
+        with self._lock:
+            if path not in self._stores:
+                self._stores[path] = CandidateStore(path)
+            return self._stores[path]
+
+    def prompt_message(self, message: list[dict]) -> list[dict]:
+        if not self.step_prompt:
+            return message
+        last_text = max((i for i, m in enumerate(message) if m["type"] == "text"), default=None)
+        if last_text is None:
+            return message + [{"type": "text", "value": self.step_prompt}]
+        out = [dict(m) for m in message]
+        out[last_text]["value"] = f"{out[last_text]['value']}\n{self.step_prompt}"
+        return out
+
+    def generate(self, message, dataset=None):
+        message = self.preproc_content(message)
+        if message is None:
+            raise ValueError(f"unsupported message format for {self.name}")
+        prompt = self.prompt_message(message)
+        question, images = message_parts(message)
+        store = self.store(dataset)
+        key = sample_key(dataset, prompt)
+        entry = store.get(key)
+        if entry.sample is None:
+            store.append({"kind": "sample", "key": key, "dataset": dataset, "question": question,
+                          "images": images, "n": self.n, "policy": self.base_name})
+        self._sample_missing(store, entry, key, prompt, dataset)
+        self._score_missing(store, entry, key, question, images, "step")
+        if self.orm:
+            self._score_missing(store, entry, key, question, images, "outcome")
+        return self._select(entry, key)
+
+    def _sample_missing(self, store: CandidateStore, entry: SampleRecords, key: str, prompt, dataset) -> None:
+        missing = [i for i in range(self.n) if entry.candidates.get(i, {}).get("text") is None]
+        if not missing:
+            return
+        samples = self.adapter.sample(self.base, prompt, dataset, len(missing), self.sampling,
+                                      greedy_first=self.sampling.first_greedy and missing[0] == 0)
+        for i, s in zip(missing, samples):
+            store.append({"kind": "candidate", "key": key, "i": i, "text": s.text, "error": s.error,
+                          "settings": s.settings, "policy": self.base_name})
+
+    def _score_missing(self, store: CandidateStore, entry: SampleRecords, key: str, question: str,
+                       images: list[str], mode: str) -> None:
+        todo = []
+        for i in range(self.n):
+            cand = entry.candidates.get(i)
+            done = entry.score(i, self.prm_spec, mode)
+            if cand is None or cand.get("text") is None or (done is not None and not done.get("retry")):
+                continue
+            todo.append((i, split_steps(cand["text"], self.max_steps)))
+        if not todo:
+            return
+        results = self.prm.score(question, images, [steps for _, steps in todo], mode=mode)
+        identity = getattr(self.prm, "identity", self.prm_spec)
+        for (i, steps), res in zip(todo, results):
+            rec = {"kind": "score", "key": key, "i": i, "prm": self.prm_spec, "mode": mode,
+                   "response_score": response_score(res.scores, self.aggregate) if res.ok else None,
+                   **res.to_record()}
+            rec["meta"] = {**rec["meta"], "identity": identity}
+            rec["retry"] = res.error is not None and bool(steps)  # a step-less candidate stays failed
+            store.append(rec)
+
+    def _select(self, entry: SampleRecords, key: str) -> dict:
+        texts, scores = [], []
+        failures = {"generation": 0, "no_steps": 0, "prm": 0}
+        for i in range(self.n):
+            cand = entry.candidates.get(i, {})
+            rec = entry.score(i, self.prm_spec, "step")
+            texts.append(cand.get("text"))
+            ok = rec is not None and rec.get("error") is None and rec.get("step_scores")
+            scores.append(response_score(rec["step_scores"], self.aggregate) if ok else None)
+            if cand.get("text") is None:
+                failures["generation"] += 1
+            elif rec is not None and not rec.get("steps"):
+                failures["no_steps"] += 1
+            elif not ok:
+                failures["prm"] += 1
+        present = [t for t in texts if t is not None]
+        duplicates = len(present) - len(set(present))
+        if duplicates:
+            log.warning("%s: %d of %d candidates are identical to an earlier one (key %s)",
+                        self.name, duplicates, len(present), key)
+        valid = [i for i, s in enumerate(scores) if s is not None]
+        chosen = max(valid, key=lambda i: (scores[i], -i)) if valid else None
+        summary = {"key": key, "n": self.n, "chosen": chosen, "scores": scores, "aggregate": self.aggregate,
+                   "prm": self.prm_spec, "failures": failures, "duplicates": duplicates}
+        if chosen is None:
+            prediction = f"{FAIL_MSG} vlmeval-prm: no candidate could be scored ({failures})"
+        else:
+            prediction = texts[chosen]
+        return {"prediction": prediction, "extra_records": json.dumps(summary)}

@@ -1,0 +1,57 @@
+"""The one PRM interface every backend implements, and the per-candidate result it returns."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Sequence
+
+#: Scoring modes. "step": every step scored (PRM). "outcome": the whole response as one step (ORM).
+MODES = ("step", "outcome")
+
+
+@dataclass
+class StepScores:
+    """Scores of one candidate. ``scores`` is None when scoring failed; ``error`` says why.
+
+    ``bounds`` (LMDeploy fallback only) marks steps whose P(+) is a bound, not a value:
+    None for an exact score, "upper" or "lower" otherwise.
+    """
+
+    steps: list[str]
+    scores: list[float] | None
+    error: str | None = None
+    bounds: list[str | None] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.scores is not None and len(self.scores) == len(self.steps) > 0
+
+    def to_record(self) -> dict:
+        return {"steps": self.steps, "step_scores": self.scores, "error": self.error,
+                "bounds": self.bounds, "meta": self.meta}
+
+
+def failed(steps: list[str], error: str) -> StepScores:
+    return StepScores(steps=list(steps), scores=None, error=error)
+
+
+class PRMScorer(abc.ABC):
+    """score(question, images, candidates) -> per-step P(+) for every candidate.
+
+    ``question`` is plain text (no image tokens: the backend places the images). ``images`` are
+    file paths. ``candidates`` are already split into steps. A backend never raises for one bad
+    candidate: it returns a failed ``StepScores`` for it and scores the rest.
+    """
+
+    #: Stable identity stored with every score, e.g. "transformers:/models/VisualPRM-8B".
+    identity: str
+
+    @abc.abstractmethod
+    def score(self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]],
+              mode: str = "step") -> list[StepScores]:
+        ...
+
+    def close(self) -> None:
+        """Release connections or memory; default does nothing."""
