@@ -1,0 +1,83 @@
+"""``vlmeval-prm``: install the startup hook (editable installs), run the offline demo, report."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+HOOK = "vlmeval_prm_hook"
+DEMO_MODEL = "VLMEvalPRM-TinyPolicy-BoN4"
+DEMO_DATA = "VLMEvalPRM_MiniMCQ"
+
+
+def hook_source() -> Path:
+    """The hook files in a source checkout (editable install) or beside the installed package."""
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "plugins", here.parent):
+        if (folder / f"{HOOK}.pth").exists() and (folder / f"{HOOK}.py").exists():
+            return folder
+    raise FileNotFoundError(f"{HOOK}.pth/.py not found next to {here}")
+
+
+def install_hook(args) -> int:
+    """Wheels install the hook themselves; editable installs get no ``.pth``, so copy it in."""
+    site = Path(args.site_packages or sysconfig.get_paths()["purelib"])
+    targets = [site / f"{HOOK}.py", site / f"{HOOK}.pth"]
+    if args.remove:
+        for t in targets:
+            t.unlink(missing_ok=True)
+        print(f"removed the vlmeval plugin hook from {site}")
+        return 0
+    src = hook_source()
+    if src.resolve() == site.resolve():
+        print(f"hook already installed in {site}")
+        return 0
+    for t in targets:
+        shutil.copyfile(src / t.name, t)
+    print(f"installed the vlmeval plugin hook into {site}")
+    return 0
+
+
+def demo(args) -> int:
+    """Best-of-4 with the tiny policy and tiny PRM on the shipped mini dataset, through VLMEvalKit."""
+    cmd = [sys.executable, "-m", "vlmeval.run", "--model", args.model, "--data", args.data,
+           "--judge", "exact_matching", "--work-dir", args.work_dir, *args.extra]
+    print("running:", " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd)
+    stores = sorted(glob.glob(os.path.join(args.work_dir, args.model, f"{args.model}_{args.data}_bon_candidates.jsonl")))
+    preds = sorted(glob.glob(os.path.join(args.work_dir, args.model, f"{args.model}_{args.data}.*")))
+    if not stores:
+        print(f"no candidate store under {args.work_dir}/{args.model}: the run failed (exit code {rc})")
+        return rc or 1
+    print("\ncandidate store (every candidate, its steps and step scores):", stores[0])
+    for p in preds:
+        print("VLMEvalKit output:", p)
+    print("\nThe tiny models have random weights: their answers are meaningless. The demo proves the pipeline.")
+    return rc
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vlmeval-prm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("install-hook", help="install the VLMEvalKit plugin startup hook (.pth) into site-packages")
+    p.add_argument("--remove", action="store_true")
+    p.add_argument("--site-packages", help="target directory (default: this interpreter's purelib)")
+    p.set_defaults(func=install_hook)
+    p = sub.add_parser("demo", help="offline CPU demo: tiny policy + tiny PRM, Best-of-4, mini dataset")
+    p.add_argument("--model", default=DEMO_MODEL)
+    p.add_argument("--data", default=DEMO_DATA)
+    p.add_argument("--work-dir", default="outputs")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for vlmeval.run")
+    p.set_defaults(func=demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""``HFChatModel``: a CPU-capable VLMEvalKit wrapper for HF-native image-text-to-text models.
+
+VLMEvalKit's local wrappers hard-code CUDA; this one runs anywhere and samples all N candidates
+of a question in ONE batched ``generate`` call (``num_return_sequences``) instead of N calls.
+"""
+
+from __future__ import annotations
+
+from vlmeval.vlm.base import BaseModel
+
+from .counters import bump
+from .hf_loading import load_images, load_model_and_processor, message_parts
+from .sampling import Sample, SamplingAdapter, SamplingConfig, register_adapter
+
+
+class HFChatModel(BaseModel):
+    INTERLEAVE = False
+
+    def __init__(self, model_path: str, max_new_tokens: int = 256, device: str | None = None,
+                 dtype: str | None = None, system_prompt: str | None = None, trust_remote_code: bool = False,
+                 **generate_kwargs):
+        super().__init__()
+        self.model_path = model_path
+        self.model, self.processor = load_model_and_processor(model_path, device, dtype, trust_remote_code)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.tokenizer.padding_side = "left"
+        self.system_prompt = system_prompt
+        self.generate_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, **generate_kwargs}
+
+    def _inputs(self, message):
+        text, image_paths = message_parts(message)
+        content = [{"type": "image"} for _ in image_paths] + [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        kwargs = {"text": [prompt], "return_tensors": "pt"}
+        if image_paths:
+            kwargs["images"] = [load_images(image_paths)]
+        return self.processor(**kwargs).to(self.model.device)
+
+    def _generate(self, message, n: int, **overrides) -> list[str]:
+        import torch
+
+        inputs = self._inputs(message)
+        kwargs = {**self.generate_kwargs, **overrides}
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, num_return_sequences=n, **kwargs)
+        bump("policy_generate_calls")
+        bump("policy_sequences", n)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def generate_inner(self, message, dataset=None) -> str:
+        return self._generate(message, 1)[0]
+
+    def sample_n(self, message, n: int, cfg: SamplingConfig, greedy_first: bool) -> list[Sample]:
+        """Candidate 0 greedy when asked (one extra call), the rest in one batched sampling call."""
+        greedy = {"do_sample": False}
+        sampled = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+        if cfg.top_k is not None:
+            sampled["top_k"] = cfg.top_k
+        if cfg.max_new_tokens is not None:
+            greedy["max_new_tokens"] = sampled["max_new_tokens"] = cfg.max_new_tokens
+        out: list[Sample] = []
+        plan = [(1, greedy)] if greedy_first else []
+        if n - len(plan) > 0:
+            plan.append((n - len(plan), sampled))
+        for count, settings in plan:
+            try:
+                out += [Sample(text=t, error=None, settings=settings) for t in self._generate(message, count, **settings)]
+            except Exception as exc:
+                out += [Sample(text=None, error=f"generation failed: {exc}", settings=settings)] * count
+        return out
+
+
+@register_adapter("HFChatModel")
+class HFChatAdapter(SamplingAdapter):
+    name = "hf_chat_batched"
+
+    def sample(self, model, message, dataset, n, cfg, greedy_first):
+        return model.sample_n(model.preproc_content(message), n, cfg, greedy_first)
+
+    def enable_cot(self, model) -> bool:
+        return False
