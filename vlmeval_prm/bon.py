@@ -81,6 +81,7 @@ class BestOfN(BaseModel):
         self.name = name or f"{self.base_name}-BoN{n}"
         self.base = build_base(model, **base_kwargs)
         self.adapter = get_adapter(self.base)  # fails here, naming the class, if it cannot sample
+        self.adapter.check(self.base)
         self.step_prompt = None if self.adapter.enable_cot(self.base) else step_prompt
         self.is_api = getattr(self.base, "is_api", False)
         self.INTERLEAVE = getattr(self.base, "INTERLEAVE", False)

@@ -1,4 +1,4 @@
-"""``HFChatModel``: a CPU-capable VLMEvalKit wrapper for HF-native image-text-to-text models.
+"""``TransformersChat``: a CPU-capable VLMEvalKit wrapper for HF-native image-text-to-text models.
 
 VLMEvalKit's local wrappers hard-code CUDA; this one runs anywhere and samples all N candidates
 of a question in ONE batched ``generate`` call (``num_return_sequences``) instead of N calls.
@@ -13,7 +13,7 @@ from .hf_loading import load_images, load_model_and_processor, message_parts
 from .sampling import Sample, SamplingAdapter, SamplingConfig, register_adapter
 
 
-class HFChatModel(BaseModel):
+class TransformersChat(BaseModel):
     INTERLEAVE = False
 
     def __init__(self, model_path: str, max_new_tokens: int = 256, device: str | None = None,
@@ -54,32 +54,27 @@ class HFChatModel(BaseModel):
     def generate_inner(self, message, dataset=None) -> str:
         return self._generate(message, 1)[0]
 
-    def sample_n(self, message, n: int, cfg: SamplingConfig, greedy_first: bool) -> list[Sample]:
-        """Candidate 0 greedy when asked (one extra call), the rest in one batched sampling call."""
-        greedy = {"do_sample": False}
-        sampled = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
-        if cfg.top_k is not None:
-            sampled["top_k"] = cfg.top_k
-        if cfg.max_new_tokens is not None:
-            greedy["max_new_tokens"] = sampled["max_new_tokens"] = cfg.max_new_tokens
+    def sample_n(self, message, plan: list[tuple[int, dict]]) -> list[Sample]:
+        """``plan``: (count, HF generate settings) pairs; each pair is ONE batched generate call."""
         out: list[Sample] = []
-        plan = [(1, greedy)] if greedy_first else []
-        if n - len(plan) > 0:
-            plan.append((n - len(plan), sampled))
         for count, settings in plan:
+            kwargs = {k: v for k, v in settings.items() if v is not None}
             try:
-                out += [Sample(text=t, error=None, settings=settings) for t in self._generate(message, count, **settings)]
-            except Exception as exc:
-                out += [Sample(text=None, error=f"generation failed: {exc}", settings=settings)] * count
+                out += [Sample(text=t, error=None, settings=settings) for t in self._generate(message, count, **kwargs)]
+            except Exception as exc:  # every candidate of the failed call is a recorded failure
+                out += [Sample(text=None, error=f"{type(exc).__name__}: {exc}", settings=settings)] * count
         return out
 
 
-@register_adapter("HFChatModel")
+@register_adapter("TransformersChat")
 class HFChatAdapter(SamplingAdapter):
+    """Candidate 0 greedy when asked (one extra call); all other candidates in one call."""
+
     name = "hf_chat_batched"
 
-    def sample(self, model, message, dataset, n, cfg, greedy_first):
-        return model.sample_n(model.preproc_content(message), n, cfg, greedy_first)
-
-    def enable_cot(self, model) -> bool:
-        return False
+    def sample(self, model, message, dataset, n, cfg: SamplingConfig, greedy_first=None):
+        greedy_first = cfg.first_greedy if greedy_first is None else greedy_first
+        plan = [(1, self.settings(cfg, greedy=True))] if greedy_first else []
+        if n > len(plan):
+            plan.append((n - len(plan), self.settings(cfg, greedy=False)))
+        return model.sample_n(model.preproc_content(message), plan)

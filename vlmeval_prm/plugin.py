@@ -2,11 +2,12 @@
 
 Adds: ``<name>-BoN<N>`` for every model in ``supported_VLM`` (N in ``BON_SIZES``); the tiny local
 models; the plugin's datasets (first in ``DATASET_CLASSES`` so their names resolve to them);
-``BestOfN``/``HFChatModel``/``PRMJudge`` as ``vlmeval.vlm`` attributes for ``--config`` JSON.
+``BestOfN``/``TransformersChat``/``PRMJudge`` as ``vlmeval.vlm`` attributes for ``--config`` JSON.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -15,6 +16,44 @@ from functools import partial
 BON_SIZES = (2, 4, 8, 16, 32, 64)
 TINY_POLICY = "VLMEvalPRM-TinyPolicy"
 TINY_PRM_SPEC = "transformers:tiny:prm"
+SPEC_ENV = "VLMEVAL_PRM_SPEC"
+
+
+class LazyClass:
+    """Stands in for one of our classes until it is called.
+
+    Registration then imports nothing of ours that needs vlmeval, which keeps it fast and free of
+    import cycles (importing ``vlmeval_prm.bon`` first imports vlmeval, which runs this plugin).
+    VLMEvalKit only ever calls what it finds in ``supported_VLM`` or ``vlmeval.vlm``.
+    """
+
+    def __init__(self, target: str):
+        self.target = target
+        self.__name__ = target.rpartition(":")[2]
+
+    def resolve(self) -> type:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<lazy {self.target}>"
+
+
+BestOfN = LazyClass("vlmeval_prm.bon:BestOfN")
+TransformersChat = LazyClass("vlmeval_prm.local_policy:TransformersChat")
+PRMJudge = LazyClass("vlmeval_prm.prm_judge:PRMJudge")
+
+#: Models that are PRMs, not policies: no Best-of-N names for them. ``VLMEVAL_PRM_SPEC`` overrides the spec.
+PRM_MODELS = {
+    "VisualPRM-8B": partial(PRMJudge, prm="lmdeploy:http://127.0.0.1:23333", spec_env=SPEC_ENV),
+    "VLMEvalPRM-TinyPRM": partial(PRMJudge, prm=TINY_PRM_SPEC, spec_env=SPEC_ENV),
+}
+POLICY_MODELS = {
+    TINY_POLICY: partial(TransformersChat, model_path="tiny:policy", max_new_tokens=48),
+}
 
 
 def bon_name(base: str, n: int) -> str:
@@ -33,23 +72,14 @@ def bon_options() -> dict:
 
 
 def register_models(supported_VLM: dict) -> None:
-    from .local_policy import HFChatModel
-
-    supported_VLM.setdefault(TINY_POLICY, partial(HFChatModel, model_path="tiny:policy", max_new_tokens=48))
-    try:
-        from .prm_judge import MODEL_FACTORIES
-    except ImportError:  # VisualProcessBench support not installed in this checkout
-        MODEL_FACTORIES = {}
-    for name, factory in MODEL_FACTORIES.items():
+    for name, factory in {**POLICY_MODELS, **PRM_MODELS}.items():
         supported_VLM.setdefault(name, factory)
 
 
 def register_bon(supported_VLM: dict) -> None:
-    from .bon import BestOfN
-
     opts = bon_options()
-    tiny_prm = os.environ.get("VLMEVAL_PRM_SPEC", TINY_PRM_SPEC)
-    for base in [k for k in supported_VLM if "-BoN" not in k]:
+    tiny_prm = os.environ.get(SPEC_ENV, TINY_PRM_SPEC)
+    for base in [k for k in supported_VLM if "-BoN" not in k and k not in PRM_MODELS]:
         extra = {"prm": tiny_prm} if base == TINY_POLICY else {}
         for n in BON_SIZES:
             supported_VLM.setdefault(bon_name(base, n),
@@ -57,22 +87,20 @@ def register_bon(supported_VLM: dict) -> None:
 
 
 def register_classes() -> None:
+    """``"class": "BestOfN"`` (etc.) in ``--config`` JSON resolves through ``vlmeval.vlm``."""
     import vlmeval.vlm
 
-    from .bon import BestOfN
-    from .local_policy import HFChatModel
-
-    classes = [BestOfN, HFChatModel]
-    try:
-        from .prm_judge import PRMJudge
-        classes.append(PRMJudge)
-    except ImportError:
-        pass
-    for cls in classes:
-        setattr(vlmeval.vlm, cls.__name__, cls)
+    for cls in (BestOfN, TransformersChat, PRMJudge):
+        if not hasattr(vlmeval.vlm, cls.__name__):
+            setattr(vlmeval.vlm, cls.__name__, cls)
 
 
 def register_datasets() -> None:
+    """Idempotent. When one of our dataset modules is the first importer of vlmeval, the package is
+    still initialising here; ``vlmeval_prm.datasets`` then calls this itself once it is complete."""
+    package = sys.modules.get("vlmeval_prm.datasets")
+    if package is not None and not hasattr(package, "DATASET_CLASSES"):
+        return
     import vlmeval.dataset as ds
 
     from .datasets import DATASET_CLASSES
