@@ -20,6 +20,7 @@ MODEL, DATA, N, ROWS = "VLMEvalPRM-TinyPolicy-BoN4", "VLMEvalPRM_MiniMCQ", 4, 36
 
 
 def vlmeval_run(work, counters, wait=True):
+    (work / "LMUData").mkdir(exist_ok=True)
     env = {**os.environ, "LMUData": str(work / "LMUData"), "VLMEVAL_PRM_COUNTERS": str(counters),
            "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "vlmeval.run", "--model", MODEL, "--data", DATA, "--judge", "exact_matching",

@@ -23,7 +23,6 @@ class TransformersChat(BaseModel):
         self.model_path = model_path
         self.model, self.processor = load_model_and_processor(model_path, device, dtype, trust_remote_code)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.tokenizer.padding_side = "left"
         self.system_prompt = system_prompt
         self.generate_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, **generate_kwargs}
 

@@ -32,7 +32,6 @@ class TransformersPRM(PRMScorer):
         self.model, self.processor = load_model_and_processor(
             path, device, dtype, trust_remote_code, attn_implementation)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.tokenizer.padding_side = "right"
         self.good_id = self._single_token(self.fmt.good_token)
         self.bad_id = self._single_token(self.fmt.bad_token)
         self.header_ids = self._assistant_header_ids()
@@ -92,7 +91,8 @@ class TransformersPRM(PRMScorer):
     def _forward(self, question: str, pil_images: list, batch: list[list[str]]) -> list[StepScores]:
         torch = self._torch
         texts = [self.render(question, steps, len(pil_images)) for steps in batch]
-        kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
+        # right padding keeps every row's positions identical to scoring it alone
+        kwargs = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": "right"}
         if pil_images:
             kwargs["images"] = [list(pil_images) for _ in batch]
         inputs = self.processor(**kwargs).to(self.model.device)
