@@ -10,6 +10,7 @@ here: a stand-in ``GenerationConfig`` with lmdeploy's field defaults) and HTTP (
 from __future__ import annotations
 
 import json
+import json as _json
 import os
 import sys
 import types
@@ -335,17 +336,24 @@ def test_minicpm_enable_cot(minicpm):
 
 @pytest.fixture
 def http(monkeypatch):
-    """Replaces the HTTP layer; records each JSON payload."""
-    payloads, status = [], [200]
+    """Replaces the HTTP layer; records each JSON payload. ``honour_n``: answer ``n`` choices."""
+    payloads, status, honour_n = [], [200], [True]
 
-    def post(url, headers=None, data=None, **kwargs):
-        payloads.append(json.loads(data))
-        body = {"choices": [{"message": {"content": ANSWER}}]} if status[0] == 200 else {"message": "boom"}
-        return SimpleNamespace(status_code=status[0], text=json.dumps(body))
+    def post(url, headers=None, data=None, json=None, **kwargs):
+        payload = json if json is not None else _json.loads(data)
+        payloads.append(payload)
+        n = payload.get("n", 1) if honour_n[0] else 1
+        body = {"choices": [{"message": {"content": ANSWER}}] * n} if status[0] == 200 else {"message": "boom"}
+
+        def raise_for_status():
+            if status[0] >= 400:
+                raise requests.HTTPError(f"HTTP {status[0]}")
+        return SimpleNamespace(status_code=status[0], text=_json.dumps(body), json=lambda: body,
+                               raise_for_status=raise_for_status)
 
     monkeypatch.setattr(requests, "post", post)
     monkeypatch.setattr(vlmeval.api.base.time, "sleep", lambda s: None)
-    return SimpleNamespace(payloads=payloads, status=status)
+    return SimpleNamespace(payloads=payloads, status=status, honour_n=honour_n)
 
 
 def gpt4v(name="gpt-4o-mini"):
@@ -360,11 +368,30 @@ def test_gpt4v_sends_settings_per_request(http):
     cfg = SamplingConfig(max_new_tokens=512)
     out = get_adapter(model).sample(model, TEXT, "MathVista_MINI", 3, cfg, greedy_first=True)
     assert [s.text for s in out] == [ANSWER] * 3
-    first, *rest = http.payloads
-    assert first["temperature"] == 0.0 and "top_p" not in first
-    assert all(p["temperature"] == 0.7 and p["top_p"] == 0.95 and p["max_tokens"] == 512 for p in rest)
+    sampled, greedy = http.payloads  # the two sampled candidates share ONE request (n=2)
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy and "n" not in greedy
+    assert sampled["n"] == 2 and sampled["temperature"] == 0.7 and sampled["top_p"] == 0.95
+    assert sampled["max_tokens"] == 512 and sampled["messages"] == model.prepare_inputs(
+        model.preproc_content(TEXT))
     assert all("top_k" not in p and "dataset" not in p for p in http.payloads)
     assert model.temperature == 0 and model.default_kwargs == {}
+
+
+def test_server_ignoring_n_falls_back_to_one_request_per_candidate(http, caplog):
+    model = gpt4v()
+    http.honour_n[0] = False
+    out = get_adapter(model).sample(model, TEXT, None, 3, CFG)
+    assert [s.text for s in out] == [ANSWER] * 3
+    assert [p.get("n") for p in http.payloads] == [3, None, None, None] and "does not honour n" in caplog.text
+    get_adapter(model).sample(model, TEXT, None, 2, CFG)  # remembered: no second n request
+    assert [p.get("n") for p in http.payloads[4:]] == [None, None]
+
+
+def test_failed_n_request_fails_every_candidate_it_carried(http):
+    model = gpt4v()
+    http.status[0] = 500
+    out = get_adapter(model).sample(model, TEXT, None, 3, CFG)
+    assert len(out) == 3 and all(s.text is None and "500" in s.error for s in out)
 
 
 def test_api_failure_becomes_sample_error(http):
@@ -384,7 +411,8 @@ def test_lmdeploy_api_sends_settings_per_request(http):
     model = vlmeval.api.LMDeployAPI(model="InternVL2_5-8B", api_base=URL, key="sk-test", retry=1,
                                     verbose=False)
     out = get_adapter(model).sample(model, TEXT, "MathVista_MINI", 2, SamplingConfig(top_k=20))
-    assert all(s.ok for s in out)
+    assert all(s.ok for s in out) and len(out) == 2
+    assert [p["n"] for p in http.payloads] == [2]
     for p in http.payloads:
         assert p["temperature"] == 0.7 and p["top_p"] == 0.95 and p["top_k"] == 20
         assert p["max_tokens"] == 16384 and "dataset" not in p  # the wrapper's own limit kept

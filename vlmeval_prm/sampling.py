@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SamplingConfig", "Sample", "SamplingAdapter", "UnsupportedPolicyError",
            "register_adapter", "get_adapter", "supported_families"]
@@ -425,6 +428,62 @@ class _ChatAPIAdapter(SamplingAdapter):
                 out[name] = settings[key]
         return out
 
+    def sample(self, model: Any, message: Any, dataset: str | None, n: int, cfg: SamplingConfig,
+               greedy_first: bool | None = None) -> list[Sample]:
+        """All sampled candidates in ONE request (``n``): the server prefills the prompt once.
+        A server that refuses ``n`` or returns fewer choices gets one request per candidate from
+        then on (remembered on the model, so ``--api-nproc`` threads stop asking)."""
+        greedy_first = cfg.first_greedy if greedy_first is None else greedy_first
+        n_sampled = n - int(bool(greedy_first))
+        if n_sampled < 2 or getattr(model, "_vlmeval_prm_no_n", False) or not self.can_request_n(model):
+            return super().sample(model, message, dataset, n, cfg, greedy_first)
+        self.check(model, dataset)
+        settings = self.settings(cfg, greedy=False)
+        try:
+            texts = self.request_n(model, copy.deepcopy(message), dataset, n_sampled, settings)
+        except NotImplementedError as exc:
+            model._vlmeval_prm_no_n = True
+            log.warning("%s: server does not honour n=%d (%s); one request per candidate from now on",
+                           _describe(model), n_sampled, exc)
+            return super().sample(model, message, dataset, n, cfg, greedy_first)
+        except Exception as exc:  # the one request failed: every candidate it carried failed
+            texts = [exc] * n_sampled
+        out = super().sample(model, message, dataset, 1, cfg, True) if greedy_first else []
+        for t in texts:
+            if isinstance(t, Exception):
+                out.append(Sample(text=None, error=f"{type(t).__name__}: {t}", settings=settings))
+            else:
+                out.append(Sample(text=t, error=None, settings=settings))
+        return out
+
+    def can_request_n(self, model: Any) -> bool:
+        return bool(getattr(model, "api_base", None)) and not getattr(model, "use_azure", False)
+
+    def payload(self, model: Any, inputs: list[dict], dataset: str | None, kwargs: dict) -> dict:
+        """The chat-completions JSON the wrapper itself would send, with ``kwargs`` merged in."""
+        kwargs = {"max_tokens": model.max_tokens, **model.default_kwargs, **kwargs}
+        return {"model": model.model, "messages": model.prepare_inputs(inputs), **kwargs}
+
+    def request_n(self, model: Any, message: Any, dataset: str | None, n: int, settings: dict) -> list:
+        """One chat completion with ``n`` choices; raises NotImplementedError when ``n`` is refused."""
+        import requests  # what VLMEvalKit's API wrappers use, so proxies and TLS behave the same
+
+        inputs = model.preproc_content(message)
+        payload = self.payload(model, inputs, dataset, {**self.request_kwargs(settings), "n": n})
+        headers = {"Authorization": f"Bearer {model.key}"} if getattr(model, "key", None) else {}
+        resp = requests.post(model.api_base, json=payload, headers=headers, timeout=getattr(model, "timeout", 600))
+        if resp.status_code in (400, 422):  # e.g. "n must be 1"; single requests report their own errors
+            raise NotImplementedError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        resp.raise_for_status()
+        choices = resp.json().get("choices") or []
+        if len(choices) != n:
+            raise NotImplementedError(f"asked for {n} choices, got {len(choices)}")
+        out = []
+        for choice in choices:
+            content = ((choice.get("message") or {}).get("content") or "").strip()
+            out.append(content if content else ValueError("empty response"))
+        return out
+
     def generate_one(self, model: Any, message: Any, dataset: str | None, settings: dict) -> str:
         from vlmeval.api.base import BaseAPI  # the model is a vlmeval object: already imported
 
@@ -458,6 +517,17 @@ class OpenAISDKAdapter(_ChatAPIAdapter):
     ARM_thinker: it derives from a different class that is also named LMDeployWrapper."""
 
     name = "openai_sdk"
+
+    def payload(self, model: Any, inputs: list[dict], dataset: str | None, kwargs: dict) -> dict:
+        system_prompt, adapter = model.system_prompt, model.adapter
+        kwargs = {**model.default_kwargs, **kwargs}
+        if adapter is not None:  # the same steps as OpenAISDKWrapper.generate_inner
+            args = adapter.override_model_args(dataset, dict(kwargs))
+            system_prompt = args.pop("system_prompt", system_prompt)
+            kwargs = {**kwargs, **args}
+            inputs = adapter.process_inputs(inputs, dataset)
+        payload = {"model": model.model, "messages": model.prepare_inputs(inputs, system_prompt), **kwargs}
+        return adapter.process_payload(payload, dataset=dataset) if adapter is not None else payload
 
     def check(self, model: Any, dataset: str | None = None) -> None:
         adapter = getattr(model, "adapter", None)
