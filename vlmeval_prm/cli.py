@@ -11,6 +11,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from .store import index_records, read_records
+
 HOOK = "vlmeval_prm_hook"
 DEMO_MODEL = "VLMEvalPRM-TinyPolicy-BoN4"
 DEMO_DATA = "VLMEvalPRM_MiniMCQ"
@@ -50,14 +52,18 @@ def demo(args) -> int:
            "--judge", "exact_matching", "--work-dir", args.work_dir, *args.extra]
     print("running:", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd)
-    stores = sorted(glob.glob(os.path.join(args.work_dir, args.model, f"{args.model}_{args.data}_bon_candidates.jsonl")))
-    preds = sorted(glob.glob(os.path.join(args.work_dir, args.model, f"{args.model}_{args.data}.*")))
-    if not stores:
-        print(f"no candidate store under {args.work_dir}/{args.model}: the run failed (exit code {rc})")
+    folder = os.path.join(args.work_dir, args.model)
+    store = os.path.join(folder, f"{args.model}_{args.data}_bon_candidates.jsonl")
+    if not os.path.exists(store):
+        print(f"no candidate store at {store}: the run failed (exit code {rc})")
         return rc or 1
-    print("\ncandidate store (every candidate, its steps and step scores):", stores[0])
-    for p in preds:
-        print("VLMEvalKit output:", p)
+    samples = index_records(read_records(store))
+    n_cands = sum(len(e.candidates) for e in samples.values())
+    n_scored = sum(1 for e in samples.values() for r in e.scores.values() if r.get("step_scores"))
+    print(f"\ncandidate store: {store}\n  {len(samples)} samples, {n_cands} candidates, {n_scored} scored step by step")
+    for path in sorted(glob.glob(os.path.join(folder, f"{args.model}_{args.data}*"))):
+        if path != store:
+            print("VLMEvalKit output:", path)
     print("\nThe tiny models have random weights: their answers are meaningless. The demo proves the pipeline.")
     return rc
 
