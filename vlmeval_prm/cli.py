@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -68,6 +69,18 @@ def demo(args) -> int:
     return rc
 
 
+def report(args) -> int:
+    """The Best-of-N table for every --model x --data run under --work-dir; 1 if any run failed."""
+    from .report import report as build_report
+
+    judge_kwargs = json.loads(args.judge_args) if args.judge_args else {}
+    if args.nproc is not None:
+        judge_kwargs["nproc"] = args.nproc
+    runs = [(args.work_dir, m, d) for m in args.model for d in args.data]
+    results = build_report(runs, ks=args.ks, judge=args.judge, judge_kwargs=judge_kwargs)
+    return int(any("error" in r for r in results.values()))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vlmeval-prm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +94,15 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default="outputs")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for vlmeval.run")
     p.set_defaults(func=demo)
+    p = sub.add_parser("report", help="Best-of-N accuracy by N for every strategy, from stored runs")
+    p.add_argument("--work-dir", default="outputs", help="vlmeval.run's --work-dir")
+    p.add_argument("--model", nargs="+", required=True, help="Best-of-N model names of the runs")
+    p.add_argument("--data", nargs="+", required=True, help="dataset names of the runs")
+    p.add_argument("--judge", help="judge for the dataset's evaluate() (default: the one the run used)")
+    p.add_argument("--judge-args", help="JSON object of further judge settings, as in vlmeval.run")
+    p.add_argument("--nproc", type=int, help="judge parallelism (default 4)")
+    p.add_argument("--ks", type=int, nargs="+", help="values of N (default: 1, 2, 4, ... up to the run's N, and N)")
+    p.set_defaults(func=report)
     args = parser.parse_args(argv)
     return args.func(args)
 

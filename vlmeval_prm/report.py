@@ -1,0 +1,241 @@
+"""``vlmeval-prm report``: the Best-of-N table of a finished VLMEvalKit run, from what it stored.
+
+Inputs, all under VLMEvalKit's ``pred_root`` (``<work_dir>/<model>``): the prediction file, whose
+``extra_records`` column holds BestOfN's JSON summary per row (store ``key``, ``n``, ``prm``...), and
+the candidate store ``<model>_<dataset>_bon_candidates.jsonl`` with every candidate and its scores.
+Every candidate is judged by the dataset's own ``evaluate()`` (``judging``), so a strategy's BoN@N
+is on the same scale as the accuracy VLMEvalKit reports. Outputs go beside VLMEvalKit's own:
+``<pred_root>/<model>_<dataset>_bon_report*`` (CSV, xlsx, PNG).
+
+Nothing in a run's data stops the report: a row without a summary or store entry becomes a question
+with no candidates (``dropped_samples``); a candidate without text has unknown correctness
+(``correct_unknown``); failed PRM/ORM scores and unparseable answers make the candidate abstain
+from the strategies that need them; fewer than N candidates caps the question (``capped_samples``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence, TextIO
+
+import pandas as pd
+
+from .answers import extract_answer
+from .judging import UnsupportedDataset, judge_candidates
+from .report_table import bon_table, print_report, write_report
+from .selection import STRATEGIES, Candidate, SampleCandidates
+from .store import SampleRecords, index_records, read_records
+
+DEFAULT_JUDGE = "exact_matching"
+DEFAULT_NPROC = 4
+
+
+class ReportError(RuntimeError):
+    """A run's outputs are missing or are not a Best-of-N run."""
+
+
+@dataclass
+class RunData:
+    samples: list[SampleCandidates]
+    n: int  # candidates per question the run asked for
+    dataset_type: str
+    prm: list[str]  # PRM specs recorded in the summaries
+    notes: dict[str, int] = field(default_factory=dict)  # rows/candidates that are incomplete, by kind
+
+
+def pred_root(work_dir: str, model_name: str) -> str:
+    """VLMEvalKit's output folder for a model (run.py: ``<work_dir>/<model_name>``)."""
+    return os.path.join(work_dir, model_name)
+
+
+def prediction_file(work_dir: str, model_name: str, dataset_name: str) -> str:
+    """The run's prediction file: VLMEvalKit's name in the current ``PRED_FORMAT``, else any format."""
+    from vlmeval.smp import get_pred_file_path
+
+    root = pred_root(work_dir, model_name)
+    preferred = get_pred_file_path(root, model_name, dataset_name)
+    others = [os.path.join(root, f"{model_name}_{dataset_name}.{ext}") for ext in ("xlsx", "tsv", "json")]
+    for path in (preferred, *others):
+        if os.path.exists(path):
+            return path
+    raise ReportError(f"no prediction file {preferred} (or .tsv/.json): run vlmeval.run for {model_name} x "
+                      f"{dataset_name} with --work-dir {work_dir} first")
+
+
+def store_file(work_dir: str, model_name: str, dataset_name: str) -> str:
+    """Where BestOfN kept the candidates during the run (``run_context.store_path``)."""
+    return os.path.join(pred_root(work_dir, model_name), f"{model_name}_{dataset_name}_bon_candidates.jsonl")
+
+
+def run_judge(work_dir: str, model_name: str, dataset_name: str) -> str:
+    """The judge the run itself used (VLMEvalKit's ``status.json``), so the numbers agree; else exact matching."""
+    try:
+        with open(os.path.join(pred_root(work_dir, model_name), "status.json"), encoding="utf-8") as f:
+            judge = json.load(f)["datasets"][dataset_name].get("judge_model")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        judge = None
+    return judge or DEFAULT_JUDGE
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, plus n."""
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    return sorted(set(ks + [n]))
+
+
+def _summary(raw) -> dict | None:
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and isinstance(value.get("key"), str) else None
+
+
+def _choices(row: pd.Series) -> dict | None:
+    """Option letters present in the row (VLMEvalKit's ``A``, ``B``, ... columns) -> option text."""
+    found = {c: str(row[c]) for c in string.ascii_uppercase if c in row.index and not pd.isna(row[c])}
+    return found or None
+
+
+def _step_scores(rec: dict | None) -> list[float] | None:
+    ok = rec is not None and rec.get("error") is None and rec.get("step_scores")
+    return [float(s) for s in rec["step_scores"]] if ok else None
+
+
+def _outcome_score(rec: dict | None) -> float | None:
+    scores = _step_scores(rec)
+    return scores[0] if scores is not None and len(scores) == 1 else None
+
+
+def _candidate(entry: SampleRecords, i: int, prm: str | None, correct: bool | None, dataset_type: str,
+               choices: dict | None) -> Candidate:
+    text = entry.candidates[i].get("text")
+    return Candidate(text=text, answer=extract_answer(text, dataset_type, choices) if text else None,
+                     correct=correct,
+                     step_scores=_step_scores(entry.score(i, prm, "step")) if prm else None,
+                     outcome_score=_outcome_score(entry.score(i, prm, "outcome")) if prm else None)
+
+
+def _build_dataset(dataset_name: str):
+    from vlmeval.dataset import build_dataset
+
+    dataset = build_dataset(dataset_name)
+    if dataset is None:
+        raise ReportError(f"VLMEvalKit cannot build dataset {dataset_name!r}")
+    return dataset
+
+
+def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs: dict | None = None) -> RunData:
+    """Every question of the run with its candidates, judged, parsed and scored (see ``load_run``)."""
+    from vlmeval.smp import load
+
+    judge_kwargs = dict(judge_kwargs or {"model": run_judge(work_dir, model_name, dataset_name),
+                                         "nproc": DEFAULT_NPROC})
+    table = load(prediction_file(work_dir, model_name, dataset_name))
+    if "extra_records" not in table:
+        raise ReportError(f"{model_name} x {dataset_name}: the prediction file has no extra_records column; "
+                          f"was the run made with a Best-of-N model (a '-BoN<N>' name)?")
+    store_path = store_file(work_dir, model_name, dataset_name)
+    if not os.path.exists(store_path):
+        raise ReportError(f"no candidate store {store_path}")
+    store = index_records(read_records(store_path))
+    summaries = [_summary(raw) for raw in table["extra_records"]]
+    entries = [store.get(s["key"]) if s else None for s in summaries]
+    n = max((int(s.get("n") or 0) for s in summaries if s), default=0)
+    if n < 1:
+        raise ReportError(f"{model_name} x {dataset_name}: no row carries a Best-of-N summary in extra_records")
+
+    dataset = _build_dataset(dataset_name)
+    dataset_type = str(dataset.TYPE)
+    texts = [[e.candidates.get(i, {}).get("text") if e else None for e in entries] for i in range(n)]
+    correct = judge_candidates(dataset, table, texts, os.path.join(pred_root(work_dir, model_name), "bon_report"),
+                               model_name, judge_kwargs)
+
+    notes = {"rows": len(table), "rows_without_summary": sum(s is None for s in summaries),
+             "rows_not_in_store": sum(s is not None and e is None for s, e in zip(summaries, entries)),
+             "rows_with_fewer_than_n": 0, "candidates_without_text": 0}
+    samples = []
+    for r, (summary, entry) in enumerate(zip(summaries, entries)):
+        if entry is None:  # no candidates at all: bon_curve drops the question, and says so
+            samples.append(SampleCandidates(key=str(table["index"].iloc[r]), candidates=[]))
+            continue
+        present = [i for i in range(n) if i in entry.candidates]
+        notes["rows_with_fewer_than_n"] += len(present) < n
+        notes["candidates_without_text"] += sum(entry.candidates[i].get("text") is None for i in present)
+        choices = _choices(table.iloc[r])
+        samples.append(SampleCandidates(key=summary["key"], candidates=[
+            _candidate(entry, i, summary.get("prm"), correct[i][r], dataset_type, choices) for i in present]))
+    prms = sorted({s["prm"] for s in summaries if s and s.get("prm")})
+    return RunData(samples=samples, n=n, dataset_type=dataset_type, prm=prms, notes=notes)
+
+
+def load_run(work_dir: str, model_name: str, dataset_name: str,
+             judge_kwargs: dict | None = None) -> list[SampleCandidates]:
+    """One ``SampleCandidates`` per row of the run's prediction file, in file order.
+
+    Candidates are the stored ones (index order) with: correctness judged by the dataset's own
+    ``evaluate`` under ``judge_kwargs`` (default: the run's judge); the extracted answer
+    (``answers.extract_answer`` with the dataset's TYPE and the row's options); the PRM step scores
+    and ORM score (``mode`` "outcome", its single step) of the PRM the row's summary names.
+    """
+    return collect_run(work_dir, model_name, dataset_name, judge_kwargs).samples
+
+
+def _strategies(samples: Sequence[SampleCandidates]) -> list[str] | None:
+    """All strategies, less ``orm`` for a run without ORM scores (its row would read 0, not n/a)."""
+    has_orm = any(c.outcome_score is not None for s in samples for c in s.candidates)
+    return None if has_orm else [name for name in STRATEGIES if name != "orm"]
+
+
+def _print_notes(run: RunData, out: TextIO) -> None:
+    notes = run.notes
+    print(f"{notes['rows']} questions, N = {run.n}, type {run.dataset_type}, PRM {', '.join(run.prm) or '-'}; "
+          f"{notes['rows_without_summary']} without a BoN summary and {notes['rows_not_in_store']} missing from "
+          f"the candidate store (dropped), {notes['rows_with_fewer_than_n']} with fewer than N candidates, "
+          f"{notes['candidates_without_text']} candidates without text (correctness unknown)", file=out)
+
+
+def report(runs: Sequence[tuple[str, str, str]], ks: Sequence[int] | None = None, judge: str | None = None,
+           judge_kwargs: dict | None = None, strategies: Sequence[str] | None = None,
+           file: TextIO | None = None) -> dict:
+    """For each ``(work_dir, model, dataset)``: judge, build the BoN table, write and print it.
+
+    ``ks`` default: ``default_ks(N)``; ``judge`` default: the judge the run used; ``judge_kwargs``
+    go to ``evaluate`` as in ``vlmeval.run`` (``--judge-args``). Returns, keyed by the run tuple,
+    ``{"table", "exclusions", "paths", "n", "prm", "judge", "notes"}``, or ``{"error": message}``
+    for a run that could not be reported (the others still are).
+    """
+    out = file or sys.stdout
+    results = {}
+    for run_id in runs:
+        work_dir, model, dataset = run_id
+        print(f"\n=== {model} x {dataset} ===", file=out, flush=True)
+        try:
+            kwargs = {"nproc": DEFAULT_NPROC, **(judge_kwargs or {})}
+            kwargs["model"] = judge or kwargs.get("model") or run_judge(work_dir, model, dataset)
+            run = collect_run(work_dir, model, dataset, kwargs)
+            names = list(strategies) if strategies else _strategies(run.samples)
+            table, exclusions = bon_table(run.samples, ks or default_ks(run.n), names)
+            prefix = os.path.join(pred_root(work_dir, model), f"{model}_{dataset}_bon_report")
+            paths = write_report(table, exclusions, prefix)
+        except (ReportError, UnsupportedDataset) as exc:
+            print(f"cannot report {model} x {dataset}: {exc}", file=out)
+            results[run_id] = {"error": str(exc)}
+            continue
+        print(f"judge: {kwargs['model']}", file=out)
+        _print_notes(run, out)
+        if not strategies and names is not None:
+            print("no ORM scores in this run (BestOfN orm=true records them): strategy orm left out", file=out)
+        print_report(table, exclusions, file=out)
+        for kind, path in paths.items():
+            print(f"{kind}: {path}", file=out)
+        results[run_id] = {"table": table, "exclusions": exclusions, "paths": paths, "n": run.n, "prm": run.prm,
+                           "judge": kwargs["model"], "notes": run.notes}
+    return results
