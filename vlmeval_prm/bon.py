@@ -35,7 +35,19 @@ FAIL_MSG = "Failed to obtain answer via API."
 
 
 def sample_key(dataset: str | None, message: list[dict]) -> str:
-    blob = json.dumps([dataset, message], sort_keys=True, ensure_ascii=False, default=str)
+    """Identity of a prompt: its text and the *content* of its images, so that a store still
+    matches after ``$LMUData`` (where VLMEvalKit dumps images) moves."""
+    parts = []
+    for m in message:
+        value = m["value"]
+        if m["type"] == "image":
+            try:
+                with open(value, "rb") as f:
+                    value = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                pass  # unreadable: the path stands in; the failure is recorded when sampling
+        parts.append([m["type"], value])
+    blob = json.dumps([dataset, parts], ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
