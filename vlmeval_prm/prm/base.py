@@ -37,6 +37,15 @@ def failed(steps: list[str], error: str) -> StepScores:
     return StepScores(steps=list(steps), scores=None, error=error)
 
 
+def prepare(candidates: Sequence[Sequence[str]], mode: str) -> tuple[list[list[str]], list[StepScores | None]]:
+    """What each backend scores: the steps per candidate (``outcome`` mode: the whole response as one
+    step) and the results known before any model call (a candidate without steps has failed)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    steps_list = [list(c) if mode == "step" else (["\n\n".join(c)] if c else []) for c in candidates]
+    return steps_list, [failed(s, "candidate has no steps") if not s else None for s in steps_list]
+
+
 class PRMScorer(abc.ABC):
     """score(question, images, candidates) -> per-step P(+) for every candidate.
 

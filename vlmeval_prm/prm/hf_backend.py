@@ -7,7 +7,7 @@ from typing import Sequence
 
 from ..counters import bump
 from ..hf_loading import load_images, load_model_and_processor
-from .base import PRMScorer, StepScores, failed
+from .base import PRMScorer, StepScores, failed, prepare
 from .conversation import PRMFormat, build_messages
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,7 @@ class TransformersPRM(PRMScorer):
 
     def score(self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]],
               mode: str = "step") -> list[StepScores]:
-        steps_list = [list(c) if mode == "step" else (["\n\n".join(c)] if c else []) for c in candidates]
-        results: list[StepScores | None] = [failed(s, "candidate has no steps") if not s else None
-                                            for s in steps_list]
+        steps_list, results = prepare(candidates, mode)
         todo = [i for i, r in enumerate(results) if r is None]
         try:
             pil_images = load_images(images)
