@@ -1,0 +1,180 @@
+"""One shared async HTTP client for served PRMs: bounded concurrency, timeouts, retries with backoff.
+
+It runs on its own event loop in a daemon thread, so the synchronous ``PRMScorer`` API can drive
+many concurrent requests from any caller, including one that is itself inside a running loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from typing import Any, Coroutine, TypeVar
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Connections per httpx pool. httpcore 1.0 rescans its whole pool (quadratically) on every request
+#: event, which cost ~4 ms of CPU per request at 32 connections; small pools keep that negligible.
+CONNECTIONS_PER_POOL = 8
+
+#: Statuses worth another try: the server failed or cancelled, the request was fine. Other 4xx
+#: (400 invalid or too long, 401 key, 404 model, 409 conflict) fail the same way every time.
+RETRY_STATUSES = frozenset({499, 500, 502, 503, 504})
+
+
+class RequestFailed(Exception):
+    """A request that failed for good. ``status`` is the HTTP status, None when nothing came back."""
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class LoopThread:
+    """An event loop running in a daemon thread; ``run`` blocks the caller until a coroutine ends."""
+
+    def __init__(self, name: str = "prm-http"):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+def _error_text(resp: httpx.Response) -> str:
+    """LMDeploy's ``{"message", "type"}`` error body as one line, or the start of any other body."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if isinstance(body, dict) and "message" in body:
+        return f"{body.get('type', 'error')}: {body['message']}"
+    return str(body)[:300]
+
+
+def _events(text: str, what: str) -> list:
+    """The JSON ``data:`` events of a server-sent-event body, up to ``[DONE]``."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        event = json.loads(data)
+        if isinstance(event, dict) and isinstance(event.get("error"), dict):
+            err = event["error"]
+            status = err.get("code") if isinstance(err.get("code"), int) else None
+            raise RequestFailed(f"{what} failed mid-stream: HTTP {status} ({err.get('type', 'error')}: "
+                                f"{err.get('message')})", status=status, retryable=status in RETRY_STATUSES)
+        out.append(event)
+    return out
+
+
+class AsyncJSONClient:
+    """JSON over HTTP with at most ``concurrency`` requests in flight, over small connection pools.
+
+    Connection errors, timeouts and the statuses in ``RETRY_STATUSES`` are retried up to
+    ``max_retries`` times with jittered exponential backoff; anything else fails at once. An API
+    key goes into the client's headers only (httpx masks it in reprs); it is never logged.
+    """
+
+    def __init__(self, *, api_key: str | None = None, timeout: float = 120.0, connect_timeout: float = 10.0,
+                 max_retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0, concurrency: int = 32):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        sizes = [min(CONNECTIONS_PER_POOL, concurrency - i) for i in range(0, concurrency, CONNECTIONS_PER_POOL)]
+        self._pools = [httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                                         limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+                       for n in sizes]
+        # one token per connection: a request takes a token, so it never queues inside a pool
+        self._slots: asyncio.Queue = asyncio.Queue()
+        for pool, n in enumerate(sizes):
+            for _ in range(n):
+                self._slots.put_nowait(pool)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        #: requests sent, retries included
+        self.sent = 0
+
+    async def request(self, method: str, url: str, payload: dict | None = None, events: bool = False) -> Any:
+        """The decoded JSON answer; raises ``RequestFailed`` once retries are spent.
+
+        ``events=True`` reads a server-sent-event stream to its end and returns its JSON events; an
+        ``{"error": {...}}`` event (LMDeploy's way to fail after the stream started) raises.
+        """
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await self._once(method, url, payload, events)
+            except RequestFailed as exc:
+                if not exc.retryable or attempt == self.max_retries:
+                    raise
+                delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.warning("%s; retry %d/%d in %.1fs", exc, attempt + 1, self.max_retries, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _once(self, method: str, url: str, payload: dict | None, events: bool) -> Any:
+        pool = await self._slots.get()
+        try:
+            self.sent += 1
+            resp = await self._pools[pool].request(method, url, json=payload)
+        except httpx.TimeoutException as exc:
+            raise RequestFailed(f"{method} {url} timed out ({type(exc).__name__})", retryable=True) from None
+        except httpx.TransportError as exc:
+            raise RequestFailed(f"{method} {url} failed: connection error ({type(exc).__name__}: {exc})",
+                                retryable=True) from None
+        finally:
+            self._slots.put_nowait(pool)
+        if resp.status_code >= 400:
+            raise RequestFailed(f"{method} {url} answered HTTP {resp.status_code} ({_error_text(resp)})",
+                                status=resp.status_code, retryable=resp.status_code in RETRY_STATUSES)
+        try:
+            return _events(resp.text, f"{method} {url}") if events else resp.json()
+        except ValueError:
+            raise RequestFailed(f"{method} {url} answered with a body that is not JSON: {resp.text[:200]!r}") from None
+
+    async def wait_healthy(self, base_url: str, timeout: float, interval: float = 1.0) -> None:
+        """Poll ``/health`` until it answers 200. LMDeploy keeps its port closed while loading weights
+        and answers 503 until its engine is healthy; both count as "not yet" for up to ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                resp = await self._pools[0].get(f"{base_url}/health", timeout=min(10.0, max(timeout, 0.1)))
+                if resp.status_code == 200:
+                    if announced:
+                        log.info("LMDeploy server at %s is up", base_url)
+                    return
+                last = f"/health answered HTTP {resp.status_code} ({_error_text(resp)})"
+            except httpx.TransportError as exc:
+                last = f"cannot connect ({type(exc).__name__})"
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"LMDeploy server at {base_url} is not healthy after {timeout:.0f}s: {last}. Is "
+                    "`lmdeploy serve api_server` running there and done loading the model?")
+            if not announced:
+                log.info("waiting up to %.0fs for the LMDeploy server at %s (still loading?): %s",
+                         timeout, base_url, last)
+                announced = True
+            await asyncio.sleep(interval)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
