@@ -35,15 +35,16 @@ FAIL_MSG = "Failed to obtain answer via API."
 
 
 def sample_key(dataset: str | None, message: list[dict]) -> str:
-    """Identity of a prompt: its text and the *content* of its images, so that a store still
-    matches after ``$LMUData`` (where VLMEvalKit dumps images) moves."""
+    """Identity of a prompt: its text and, per image, the file name and content. Not the folder, so
+    a store still matches after ``$LMUData`` (where VLMEvalKit dumps images) moves; the file name
+    (VLMEvalKit names it by row index) keeps two rows with the same image and text apart."""
     parts = []
     for m in message:
         value = m["value"]
         if m["type"] == "image":
             try:
                 with open(value, "rb") as f:
-                    value = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+                    value = f"{os.path.basename(value)}:{hashlib.sha256(f.read()).hexdigest()}"
             except OSError:
                 pass  # unreadable: the path stands in; the failure is recorded when sampling
         parts.append([m["type"], value])
