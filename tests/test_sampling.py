@@ -465,3 +465,12 @@ def test_config_rejects_settings_that_are_not_sampling(kwargs):
 def test_config_record():
     assert SamplingConfig(top_k=40).to_record() == {"temperature": 0.7, "top_p": 0.95, "top_k": 40,
                                                     "max_new_tokens": None, "first_greedy": False}
+
+
+def test_one_by_one_candidates_are_handed_over_as_they_exist(http):
+    """BestOfN stores each candidate before the next call, so a kill loses at most one call."""
+    model = gpt4v()
+    model._vlmeval_prm_no_n = True  # a server that refused n: one request per candidate
+    seen = []
+    get_adapter(model).sample(model, TEXT, None, 3, CFG, on_sample=lambda i, s: seen.append((i, len(http.payloads))))
+    assert seen == [(0, 1), (1, 2), (2, 3)]

@@ -165,11 +165,19 @@ class BestOfN(BaseModel):
         missing = [i for i in range(self.n) if entry.candidates.get(i, {}).get("text") is None]
         if not missing:
             return
-        samples = self.adapter.sample(self.base, prompt, dataset, len(missing), self.sampling,
-                                      greedy_first=self.sampling.first_greedy and missing[0] == 0)
-        for i, s in zip(missing, samples):
-            store.append({"kind": "candidate", "key": key, "i": i, "text": s.text, "error": s.error,
+        written: set[int] = set()
+
+        def write(j: int, s) -> None:  # stored the moment it exists
+            store.append({"kind": "candidate", "key": key, "i": missing[j], "text": s.text, "error": s.error,
                           "settings": s.settings, "policy": self.base_name})
+            written.add(j)
+
+        samples = self.adapter.sample(self.base, prompt, dataset, len(missing), self.sampling,
+                                      greedy_first=self.sampling.first_greedy and missing[0] == 0,
+                                      on_sample=write)
+        for j, s in enumerate(samples):
+            if j not in written:  # adapters that make one call for all candidates
+                write(j, s)
 
     def _score_missing(self, store: CandidateStore, entry: SampleRecords, key: str, question: str,
                        images: list[str], mode: str) -> None:

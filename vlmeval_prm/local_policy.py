@@ -71,7 +71,7 @@ class HFChatAdapter(SamplingAdapter):
 
     name = "hf_chat_batched"
 
-    def sample(self, model, message, dataset, n, cfg: SamplingConfig, greedy_first=None):
+    def sample(self, model, message, dataset, n, cfg: SamplingConfig, greedy_first=None, on_sample=None):
         greedy_first = cfg.first_greedy if greedy_first is None else greedy_first
         plan = [(1, self.settings(cfg, greedy=True))] if greedy_first else []
         if n > len(plan):

@@ -244,11 +244,14 @@ class SamplingAdapter:
         return _as_text(raw)
 
     def sample(self, model: Any, message: Any, dataset: str | None, n: int, cfg: SamplingConfig,
-               greedy_first: bool | None = None) -> list[Sample]:
+               greedy_first: bool | None = None,
+               on_sample: Callable[[int, Sample], None] | None = None) -> list[Sample]:
         """N candidates; a failure of one candidate is a Sample with error set, never an exception.
 
         ``greedy_first`` (default ``cfg.first_greedy``) makes candidate 0 greedy; a caller that
         regenerates only some candidates passes False when candidate 0 is not among them.
+        ``on_sample(i, sample)`` is called as each candidate of these one-by-one calls exists, so
+        the caller can store it before the next call (adapters that make one call for all N don't).
         A model that cannot sample at all raises UnsupportedPolicyError before any call.
         """
         if n < 1:
@@ -265,6 +268,8 @@ class SamplingAdapter:
                 out.append(Sample(text=None, error=f"{type(exc).__name__}: {exc}", settings=settings))
             else:
                 out.append(Sample(text=text, error=None, settings=settings))
+            if on_sample is not None:
+                on_sample(i, out[-1])
         return out
 
     def enable_cot(self, model: Any) -> bool:
@@ -429,14 +434,15 @@ class _ChatAPIAdapter(SamplingAdapter):
         return out
 
     def sample(self, model: Any, message: Any, dataset: str | None, n: int, cfg: SamplingConfig,
-               greedy_first: bool | None = None) -> list[Sample]:
+               greedy_first: bool | None = None,
+               on_sample: Callable[[int, Sample], None] | None = None) -> list[Sample]:
         """All sampled candidates in ONE request (``n``): the server prefills the prompt once.
         A server that refuses ``n`` or returns fewer choices gets one request per candidate from
         then on (remembered on the model, so ``--api-nproc`` threads stop asking)."""
         greedy_first = cfg.first_greedy if greedy_first is None else greedy_first
         n_sampled = n - int(bool(greedy_first))
         if n_sampled < 2 or getattr(model, "_vlmeval_prm_no_n", False) or not self.can_request_n(model):
-            return super().sample(model, message, dataset, n, cfg, greedy_first)
+            return super().sample(model, message, dataset, n, cfg, greedy_first, on_sample)
         self.check(model, dataset)
         settings = self.settings(cfg, greedy=False)
         try:
@@ -445,7 +451,7 @@ class _ChatAPIAdapter(SamplingAdapter):
             model._vlmeval_prm_no_n = True
             log.warning("%s: server does not honour n=%d (%s); one request per candidate from now on",
                            _describe(model), n_sampled, exc)
-            return super().sample(model, message, dataset, n, cfg, greedy_first)
+            return super().sample(model, message, dataset, n, cfg, greedy_first, on_sample)
         except Exception as exc:  # the one request failed: every candidate it carried failed
             texts = [exc] * n_sampled
         out = super().sample(model, message, dataset, 1, cfg, True) if greedy_first else []
