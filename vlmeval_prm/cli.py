@@ -12,6 +12,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from .run_context import store_file
 from .store import index_records, read_records
 
 HOOK = "vlmeval_prm_hook"
@@ -54,7 +55,7 @@ def demo(args) -> int:
     print("running:", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd)
     folder = os.path.join(args.work_dir, args.model)
-    store = os.path.join(folder, f"{args.model}_{args.data}_bon_candidates.jsonl")
+    store = store_file(folder, args.model, args.data)
     if not os.path.exists(store):
         print(f"no candidate store at {store}: the run failed (exit code {rc})")
         return rc or 1

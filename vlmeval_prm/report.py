@@ -27,6 +27,7 @@ import pandas as pd
 from .answers import extract_answer
 from .judging import UnsupportedDataset, judge_candidates
 from .report_table import bon_table, print_report, write_report
+from .run_context import store_file
 from .selection import STRATEGIES, Candidate, SampleCandidates
 from .store import SampleRecords, index_records, read_records
 
@@ -64,11 +65,6 @@ def prediction_file(work_dir: str, model_name: str, dataset_name: str) -> str:
             return path
     raise ReportError(f"no prediction file {preferred} (or .tsv/.json): run vlmeval.run for {model_name} x "
                       f"{dataset_name} with --work-dir {work_dir} first")
-
-
-def store_file(work_dir: str, model_name: str, dataset_name: str) -> str:
-    """Where BestOfN kept the candidates during the run (``run_context.store_path``)."""
-    return os.path.join(pred_root(work_dir, model_name), f"{model_name}_{dataset_name}_bon_candidates.jsonl")
 
 
 def run_judge(work_dir: str, model_name: str, dataset_name: str) -> str:
@@ -142,7 +138,7 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
     if "extra_records" not in table:
         raise ReportError(f"{model_name} x {dataset_name}: the prediction file has no extra_records column; "
                           f"was the run made with a Best-of-N model (a '-BoN<N>' name)?")
-    store_path = store_file(work_dir, model_name, dataset_name)
+    store_path = store_file(pred_root(work_dir, model_name), model_name, dataset_name)
     if not os.path.exists(store_path):
         raise ReportError(f"no candidate store {store_path}")
     store = index_records(read_records(store_path))

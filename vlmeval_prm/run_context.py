@@ -30,10 +30,14 @@ def wrap_infer_data(infer_data):
     return wrapper
 
 
+def store_file(folder: str, model_name: str, dataset: str | None) -> str:
+    """The one naming rule of the candidate store: ``<folder>/<model>_<dataset>_bon_candidates.jsonl``."""
+    return os.path.join(folder, f"{model_name}_{dataset or 'nodataset'}_bon_candidates.jsonl")
+
+
 def store_path(model_name: str, dataset: str | None) -> str:
-    """``<work_dir>/<model>_<dataset>_bon_candidates.jsonl``; outside a VLMEvalKit run the
-    directory is ``$VLMEVAL_PRM_STORE_DIR`` or ``./outputs/<model>``."""
+    """The store of the current VLMEvalKit run (its ``work_dir`` is run.py's pred_root); outside a
+    run the folder is ``$VLMEVAL_PRM_STORE_DIR`` or ``./outputs/<model>``."""
     work_dir = CURRENT.get("work_dir") or os.environ.get("VLMEVAL_PRM_STORE_DIR") \
         or os.path.join("outputs", model_name)
-    name = CURRENT.get("model_name") or model_name
-    return os.path.join(work_dir, f"{name}_{dataset or 'nodataset'}_bon_candidates.jsonl")
+    return store_file(work_dir, CURRENT.get("model_name") or model_name, dataset)
