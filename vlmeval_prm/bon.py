@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 
+from vlmeval.inference import FAIL_MSG  # VLMEvalKit retries predictions holding it on the next run
 from vlmeval.vlm.base import BaseModel
 
 from .aggregate import AGGREGATORS, response_score
@@ -30,8 +31,6 @@ DEFAULT_PRM = "lmdeploy:http://127.0.0.1:23333"
 DEFAULT_STEP_PROMPT = (
     "Solve the problem step by step. Put a blank line between steps, and state the final answer in the last step."
 )
-# VLMEvalKit marks failed predictions with this text and retries them on the next run.
-FAIL_MSG = "Failed to obtain answer via API."
 
 
 def sample_key(dataset: str | None, message: list[dict]) -> str:
