@@ -81,32 +81,32 @@ def assert_parity(expected, got):
         assert max(abs(a - b) for a, b in zip(ref.scores, res.scores)) < TOL
 
 
-def test_generate_mode_is_detected_and_matches_in_process(pytorch_server, reference, images, caplog):
-    caplog.set_level(logging.INFO, logger="vlmeval_prm")
-    prm = build_scorer(f"lmdeploy:{pytorch_server.url}")
+def score_and_count(server, prm, images):
+    """Score CANDIDATES once; (results, scored ones, /generate requests the server saw for it)."""
     try:
-        assert prm.mode == "generate" and prm.identity == "lmdeploy:tiny-prm@generate"
-        assert "one /generate request per candidate" in caplog.text
-        before = pytorch_server.stats.requests["/generate"]
+        before = server.stats.requests["/generate"]
         got = prm.score(QUESTION, images, CANDIDATES)
     finally:
         prm.close()
+    return got, [r for r in got if r.ok], server.stats.requests["/generate"] - before
+
+
+def test_generate_mode_is_detected_and_matches_in_process(pytorch_server, reference, images, caplog):
+    caplog.set_level(logging.INFO, logger="vlmeval_prm")
+    prm = build_scorer(f"lmdeploy:{pytorch_server.url}")
+    assert prm.mode == "generate" and prm.identity == "lmdeploy:tiny-prm@generate"
+    assert "one /generate request per candidate" in caplog.text
+    got, ok, requests = score_and_count(pytorch_server, prm, images)
     assert_parity(reference[1], got)
-    ok = [r for r in got if r.ok]
-    assert pytorch_server.stats.requests["/generate"] - before == len(ok)
+    assert requests == len(ok)
     assert all(r.meta["requests"] == 1 and r.meta["logprob_rows"] == r.meta["prompt_tokens"] - 1 for r in ok)
 
 
 def test_skipping_the_shared_prefix_rows_changes_no_score(pytorch_server, reference, images):
-    prm = LMDeployPRM(pytorch_server.url, skip_prefix_rows=True)
-    try:
-        before = pytorch_server.stats.requests["/generate"]
-        got = prm.score(QUESTION, images, CANDIDATES)
-    finally:
-        prm.close()
+    got, ok, requests = score_and_count(pytorch_server, LMDeployPRM(pytorch_server.url, skip_prefix_rows=True),
+                                        images)
     assert_parity(reference[1], got)
-    ok = [r for r in got if r.ok]
-    assert pytorch_server.stats.requests["/generate"] - before == len(ok) + 1  # + the shared prefix's
+    assert requests == len(ok) + 1  # + the shared prefix's
     system_and_images = 40  # the system turn alone is longer than this
     assert all(r.meta["logprob_rows"] < r.meta["prompt_tokens"] - system_and_images for r in ok)
 
