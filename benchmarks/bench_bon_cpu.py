@@ -17,10 +17,10 @@ from importlib.resources import files
 import pandas as pd
 
 from vlmeval_prm.counters import COUNTS
-from vlmeval_prm.hf_loading import load_images
+from vlmeval_prm.loading import load_images
+from vlmeval_prm.policy import SamplingConfig, get_adapter
 from vlmeval_prm.prm import build_scorer
 from vlmeval_prm.prm.conversation import build_messages
-from vlmeval_prm.sampling import SamplingConfig, get_adapter
 from vlmeval_prm.steps import split_steps
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--n", type=int, default=8)
     args = ap.parse_args()
-    from vlmeval_prm.local_policy import TransformersChat
+    from vlmeval_prm.policy.transformers_chat import TransformersChat
 
     policy = TransformersChat("tiny:policy", max_new_tokens=48)
     adapter, cfg = get_adapter(policy), SamplingConfig()

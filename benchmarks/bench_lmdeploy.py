@@ -1,7 +1,7 @@
 """Client-side cost and throughput of the LMDeploy PRM backend in both request modes.
 
 The server is LMDeploy 0.18's own api_server around the CPU stand-in engine
-(``vlmeval_prm.testing.lmdeploy_standin``), run in its own process with a fixed per-request engine
+(``standins.lmdeploy_standin``), run in its own process with a fixed per-request engine
 latency, so the client's share of the work is what is measured. The model is the tiny PRM with
 its "+"/"-" logits raised (as in a trained PRM) so that the chat fallback gets real values; the
 stand-in caches forward passes so its CPU time stays out of the way after the warm-up.
@@ -27,16 +27,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from statistics import mean
 
 from PIL import Image
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the LMDeploy stand-in is test code, not in the wheel
+sys.path.insert(0, str(TESTS))
+
 
 def start_server(model: str, latency: float) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "vlmeval_prm.testing.lmdeploy_standin", "--model", model,
+    cmd = [sys.executable, "-m", "standins.lmdeploy_standin", "--model", model,
            "--model-name", "tiny-prm", "--latency", str(latency), "--forward-cache", "4096"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                 "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])})
     line = proc.stdout.readline()
     if not line.startswith("READY "):
         proc.kill()
@@ -127,7 +132,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
 
-    from vlmeval_prm.testing.lmdeploy_standin import label_boosted_copy
+    from standins.lmdeploy_standin import label_boosted_copy
     from vlmeval_prm.tiny import tiny_model_path
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,7 @@ def b64(img):
 
 def items(rng):
     rows = []
-    for k in range(12):  # counting
+    for _ in range(12):  # counting
         n = rng.randint(1, 4)
         shape, cname = rng.choice(SHAPES), rng.choice(list(COLORS))
         img = Image.new("RGB", (112, 112), "white")
@@ -41,12 +41,12 @@ def items(rng):
             x, y = 8 + (j % 2) * 52, 8 + (j // 2) * 52
             draw(shape, COLORS[cname], (x, y, x + 40, y + 40), d)
         rows.append((img, f"How many {shape}s are in the image?", ["1", "2", "3", "4"], str(n), "count"))
-    for k in range(12):  # colour
+    for _ in range(12):  # colour
         cname, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
         img = Image.new("RGB", (112, 112), "white")
         draw(shape, COLORS[cname], (26, 26, 86, 86), ImageDraw.Draw(img))
         rows.append((img, f"What colour is the {shape}?", list(COLORS), cname, "colour"))
-    for k in range(12):  # position
+    for _ in range(12):  # position
         left, right = rng.sample(SHAPES, 2)
         img = Image.new("RGB", (112, 112), "white")
         d = ImageDraw.Draw(img)

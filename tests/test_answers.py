@@ -3,7 +3,7 @@ kit, about 10 s)."""
 
 import pytest
 
-from vlmeval_prm.answers import answer_segment, extract_answer, normalize_answer
+from vlmeval_prm.select.answers import answer_segment, extract_answer, normalize_answer
 
 CHOICES = {"A": "3 apples", "B": "45 degrees", "C": "red", "D": "none of these"}
 

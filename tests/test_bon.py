@@ -6,9 +6,9 @@ import logging
 import pytest
 from PIL import Image
 
-from vlmeval_prm.bon import FAIL_MSG, BestOfN
 from vlmeval_prm.counters import COUNTS
-from vlmeval_prm.store import index_records, read_records
+from vlmeval_prm.host.bon import FAIL_MSG, BestOfN
+from vlmeval_prm.store.jsonl import index_records, read_records
 
 SPEC = "transformers:tiny:prm"
 

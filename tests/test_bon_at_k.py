@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlmeval_prm.bon_at_k import MonteCarlo, bon_at_k, sample_at_k
-from vlmeval_prm.selection import STRATEGIES, Candidate, SampleCandidates, get_strategy, subset_outcome
+from vlmeval_prm.select.bon_at_k import MonteCarlo, bon_at_k, sample_at_k
+from vlmeval_prm.select.strategies import STRATEGIES, Candidate, SampleCandidates, get_strategy, subset_outcome
 
 ALL = list(STRATEGIES)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlmeval_prm.critic import build_critic_prompt, parse_verdicts
+from vlmeval_prm.datasets.critic import build_critic_prompt, parse_verdicts
 
 
 @pytest.mark.parametrize("reply, n, expected", [

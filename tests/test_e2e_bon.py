@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from vlmeval_prm.counters import read_counter_file
-from vlmeval_prm.store import index_records, read_records
+from vlmeval_prm.store.jsonl import index_records, read_records
 
 pytestmark = pytest.mark.e2e
 MODEL, DATA, N, ROWS = "VLMEvalPRM-TinyPolicy-BoN4", "VLMEvalPRM_MiniMCQ", 4, 36

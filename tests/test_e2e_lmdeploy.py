@@ -7,17 +7,16 @@ import os
 import shutil
 
 import pytest
+from test_e2e_bon import N, prediction_file, store_file, vlmeval_run
 
 from vlmeval_prm.counters import read_counter_file
-from vlmeval_prm.store import index_records, read_records
-
-from test_e2e_bon import DATA, MODEL, N, ROWS, prediction_file, store_file, vlmeval_run
+from vlmeval_prm.store.jsonl import index_records, read_records
 
 pytestmark = pytest.mark.e2e
 
 
 def test_http_backend_matches_in_process_and_resumes(tmp_path, tiny_paths, monkeypatch):
-    from vlmeval_prm.testing.lmdeploy_standin import label_boosted_copy, serve_standin
+    from standins.lmdeploy_standin import label_boosted_copy, serve_standin
 
     # "+" and "-" raised alike (P(+) unchanged) so they rank first, as in a trained PRM, and the
     # served scores are exact values rather than bounds

@@ -26,9 +26,11 @@ def run(tmp_path, model):
     preds = list(folder.glob(f"{model}_{DATA}.xlsx")) + list(folder.glob(f"{model}_{DATA}.tsv"))
     metrics = list(folder.glob(f"{model}_{DATA}_metrics.*"))
     assert preds and metrics, (sorted(p.name for p in folder.iterdir()), out.stdout[-3000:] + out.stderr[-3000:])
-    read = (lambda p: pd.read_excel(p) if p.suffix == ".xlsx" else pd.read_csv(p, sep="\t" if p.suffix == ".tsv"
-                                                                                else ","))
-    return read(preds[0]), read(metrics[0])
+    return _read(preds[0]), _read(metrics[0])
+
+
+def _read(p):
+    return pd.read_excel(p) if p.suffix == ".xlsx" else pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",")
 
 
 def test_tiny_prm_scores_every_given_step(tmp_path, tiny_paths):

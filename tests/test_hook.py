@@ -42,8 +42,9 @@ def test_config_import_registers_bon_names_without_building_models():
         missing = [n for n in names if n not in c.supported_VLM]
         assert not missing, missing
         f = c.supported_VLM["InternVL2_5-8B-BoN8"]
-        assert f.func.__name__ == "BestOfN" and f.func.resolve().__module__ == "vlmeval_prm.bon" and f.keywords["model"] == "InternVL2_5-8B" and f.keywords["n"] == 8
-        from vlmeval_prm.plugin import PRM_MODELS
+        assert f.func.__name__ == "BestOfN" and f.func.resolve().__module__ == "vlmeval_prm.host.bon"
+        assert f.keywords["model"] == "InternVL2_5-8B" and f.keywords["n"] == 8
+        from vlmeval_prm.host.plugin import PRM_MODELS
         assert "VisualPRM-8B" in c.supported_VLM and "VisualPRM-8B-BoN8" not in c.supported_VLM
         bases = [k for k in c.supported_VLM if "-BoN" not in k and k not in PRM_MODELS]
         assert all(f"{b}-BoN64" in c.supported_VLM for b in bases)

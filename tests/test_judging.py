@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from vlmeval_prm.datasets.mini_mcq import MINI_MCQ, VLMEvalPRMMiniMCQ
-from vlmeval_prm.judging import CACHE_FILE, UnsupportedDataset, judge_candidates, judge_predictions
+from vlmeval_prm.report.judging import CACHE_FILE, UnsupportedDataset, judge_candidates, judge_predictions
 
 MODEL = "SomeModel-BoN4"
 JUDGE = {"model": "exact_matching", "nproc": 2}

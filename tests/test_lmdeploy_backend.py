@@ -1,7 +1,7 @@
 """The LMDeploy HTTP PRM against LMDeploy's own api_server code, with parity to the in-process PRM.
 
 No GPU here, so LMDeploy's model engine is replaced by a CPU stand-in running the same tiny PRM
-with transformers (``vlmeval_prm.testing.lmdeploy_standin``); router, validation, sessions,
+with transformers (``standins.lmdeploy_standin``); router, validation, sessions,
 multimodal preprocessing and error bodies are LMDeploy 0.18's. The tiny PRM has random weights:
 "+" and "-" rank near 100th at every step, so the chat fallback (top 20 at most) cannot see them.
 Parity in that mode uses a copy with both label logits raised by the same constant, which leaves
@@ -18,12 +18,11 @@ from PIL import Image
 
 pytest.importorskip("lmdeploy")
 
+from standins.lmdeploy_standin import label_boosted_copy, serve_standin  # noqa: E402
 from vlmeval_prm.prm import build_scorer  # noqa: E402
 from vlmeval_prm.prm.conversation import build_messages  # noqa: E402
 from vlmeval_prm.prm.hf_backend import TransformersPRM  # noqa: E402
-from vlmeval_prm.prm.lmdeploy_backend import (ChatMarkers, LMDeployPRM, image_data_url,  # noqa: E402
-                                              merge_chat_logprobs, two_way)
-from vlmeval_prm.testing.lmdeploy_standin import label_boosted_copy, serve_standin  # noqa: E402
+from vlmeval_prm.prm.lmdeploy_backend import ChatMarkers, LMDeployPRM, image_data_url, merge_chat_logprobs, two_way  # noqa: E402
 from vlmeval_prm.tiny import ATTN_IMPLEMENTATION  # noqa: E402
 
 QUESTION = "How many circles are there?"

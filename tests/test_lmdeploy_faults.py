@@ -2,7 +2,7 @@
 succeeds or a recorded failure with a clear message, never a score; the API key never shows.
 
 The server is LMDeploy 0.18's own app around a CPU stand-in engine (no GPU here); faults are
-injected in front of it (``vlmeval_prm.testing.lmdeploy_standin.Faults``), so error bodies are
+injected in front of it (``standins.lmdeploy_standin.Faults``), so error bodies are
 LMDeploy's.
 """
 
@@ -15,9 +15,9 @@ from PIL import Image
 
 pytest.importorskip("lmdeploy")
 
+from standins.lmdeploy_standin import serve_standin  # noqa: E402
 from vlmeval_prm.prm.http import RequestFailed  # noqa: E402
 from vlmeval_prm.prm.lmdeploy_backend import LMDeployPRM  # noqa: E402
-from vlmeval_prm.testing.lmdeploy_standin import serve_standin  # noqa: E402
 
 KEY = "sk-test-9f8e7d6c5b4a"
 QUESTION = "What is the area?"
@@ -108,7 +108,9 @@ def test_a_server_still_loading_is_waited_for(tiny_paths, image, caplog):
             assert client.score(QUESTION, [image], ONE)[0].ok
         finally:
             client.close()
-    assert "waiting up to 60s for the LMDeploy server" in caplog.text and "cannot connect" in caplog.text
+    waits = [r.getMessage() for r in caplog.records if "waiting for the LMDeploy server" in r.getMessage()]
+    assert len(waits) == 1 and server.url in waits[0] and "cannot connect" in waits[0]  # one line per 30 s
+    assert "is up" in caplog.text
 
 
 def test_a_server_that_never_comes_up_is_a_clear_error():

@@ -10,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 
-from vlmeval_prm.process_metric import (OVERALL, THRESHOLD_GRID, best_threshold, explode_steps, macro_f1,
-                                        summarize, threshold_labels)
+from vlmeval_prm.datasets.process_metric import (
+    OVERALL,
+    THRESHOLD_GRID,
+    best_threshold,
+    explode_steps,
+    macro_f1,
+    summarize,
+    threshold_labels,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "visualprocessbench" / "test.jsonl"
 

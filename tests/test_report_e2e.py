@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmeval_prm.store import index_records, read_records
+from vlmeval_prm.store.jsonl import index_records, read_records
 
 pytestmark = pytest.mark.e2e
 MODEL, DATA, N, ROWS, PRM = "VLMEvalPRM-TinyPolicy-BoN8", "VLMEvalPRM_MiniMCQ", 8, 36, "transformers:tiny:prm"
@@ -126,7 +126,7 @@ def test_report_files_and_numbers_match_a_recomputation(reported):
 def test_second_report_calls_no_evaluate(reported, monkeypatch):
     """In-process this time, to count calls of the dataset's real evaluate()."""
     from vlmeval_prm.datasets.mini_mcq import VLMEvalPRMMiniMCQ
-    from vlmeval_prm.report import report
+    from vlmeval_prm.report.collect import report
 
     work, _ = reported
     monkeypatch.setenv("LMUData", str(work / "LMUData"))
@@ -171,7 +171,7 @@ def _damage(work, target):
 
 
 def test_bad_input_is_counted_not_fatal(reported, tmp_path, monkeypatch):
-    from vlmeval_prm.report import report
+    from vlmeval_prm.report.collect import report
 
     work, _ = reported
     monkeypatch.setenv("LMUData", str(work / "LMUData"))
@@ -192,7 +192,7 @@ def test_bad_input_is_counted_not_fatal(reported, tmp_path, monkeypatch):
 
 
 def test_a_missing_run_is_reported_as_an_error(reported, tmp_path, monkeypatch):
-    from vlmeval_prm.report import report
+    from vlmeval_prm.report.collect import report
 
     work, _ = reported
     monkeypatch.setenv("LMUData", str(work / "LMUData"))

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlmeval_prm.bon_at_k import MonteCarlo, bon_at_k
-from vlmeval_prm.report_table import bon_table, print_report, write_report
-from vlmeval_prm.selection import REASONS, STRATEGIES, Candidate, SampleCandidates
+from vlmeval_prm.report.table import bon_table, print_report, write_report
+from vlmeval_prm.select.bon_at_k import MonteCarlo, bon_at_k
+from vlmeval_prm.select.strategies import REASONS, STRATEGIES, Candidate, SampleCandidates
 
 KS = [1, 2, 4, 8]
 

@@ -4,7 +4,7 @@ Every local model below runs its real ``__init__`` and ``generate`` / ``generate
 only what cannot exist on this machine: the checkpoint and processor that ``from_pretrained``
 would download (replaced by recorders that capture the generation kwargs they receive), the GPU
 (``device`` set to "cpu" where a wrapper hard-codes CUDA), lmdeploy (needs CUDA, not installable
-here: a stand-in ``GenerationConfig`` with lmdeploy's field defaults) and HTTP (``requests.post``).
+here: a stand-in ``GenerationConfig`` with lmdeploy's field defaults) and HTTP (``requests.post`` and ``httpx.post``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import httpx  # noqa: E402
 import requests  # noqa: E402
 import torch  # noqa: E402
 import vlmeval.api  # noqa: E402
@@ -31,13 +32,13 @@ from vlmeval.vlm import minicpm_v as minicpm_module  # noqa: E402
 from vlmeval.vlm.internvl import internvl_chat as internvl_module  # noqa: E402
 from vlmeval.vlm.qwen2_vl import model as qwen_module  # noqa: E402
 
-from vlmeval_prm.sampling import (SamplingAdapter, SamplingConfig, UnsupportedPolicyError,  # noqa: E402
-                                  get_adapter, register_adapter, supported_families)
+from vlmeval_prm.policy import SamplingAdapter, SamplingConfig, UnsupportedPolicyError, get_adapter  # noqa: E402
+from vlmeval_prm.policy.base import register_adapter, supported_families  # noqa: E402
 
 CFG = SamplingConfig(temperature=0.7, top_p=0.95)
 TEXT = [{"type": "text", "value": "What is 2 + 3?"}]
 ANSWER = "Step 1: add.\n\nStep 2: 2 + 3 = 5.\n\nAnswer: 5"
-URL = "http://127.0.0.1:9/v1/chat/completions"  # never reached: requests.post is replaced
+URL = "http://127.0.0.1:9/v1/chat/completions"  # never reached: the HTTP layer is replaced
 
 
 class Recorder:
@@ -351,7 +352,8 @@ def http(monkeypatch):
         return SimpleNamespace(status_code=status[0], text=_json.dumps(body), json=lambda: body,
                                raise_for_status=raise_for_status)
 
-    monkeypatch.setattr(requests, "post", post)
+    monkeypatch.setattr(requests, "post", post)  # VLMEvalKit's wrappers, one candidate per request
+    monkeypatch.setattr(httpx, "post", post)  # the adapter's own n=N request
     monkeypatch.setattr(vlmeval.api.base.time, "sleep", lambda s: None)
     return SimpleNamespace(payloads=payloads, status=status, honour_n=honour_n)
 

@@ -2,8 +2,17 @@ import math
 
 import pytest
 
-from vlmeval_prm.selection import (ARGMAX, ORACLE, RANDOM, STRATEGIES, VOTE, Candidate, get_strategy, strategy,
-                                   subset_outcome)
+from vlmeval_prm.select.strategies import (
+    ARGMAX,
+    ORACLE,
+    RANDOM,
+    STRATEGIES,
+    VOTE,
+    Candidate,
+    get_strategy,
+    strategy,
+    subset_outcome,
+)
 
 
 def cand(correct, scores=(0.5,), answer="a", outcome=None):

@@ -8,8 +8,8 @@ pytest.importorskip("lmdeploy")
 
 import vlmeval.api  # noqa: E402
 
-from vlmeval_prm.sampling import SamplingConfig, get_adapter  # noqa: E402
-from vlmeval_prm.testing.lmdeploy_standin import serve_standin  # noqa: E402
+from standins.lmdeploy_standin import serve_standin  # noqa: E402
+from vlmeval_prm.policy.base import SamplingConfig, get_adapter  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from vlmeval_prm.store import index_records, read_records
+from vlmeval_prm.store.jsonl import index_records, read_records
 
 pytestmark = pytest.mark.e2e
 MODEL, DATA, N, ROWS, RANKS = "VLMEvalPRM-TinyPolicy-BoN2", "VLMEvalPRM_MiniMCQ", 2, 12, 2

@@ -2,7 +2,7 @@ import json
 import multiprocessing as mp
 import threading
 
-from vlmeval_prm.store import CandidateStore, read_records
+from vlmeval_prm.store.jsonl import CandidateStore, read_records
 
 
 def _writer(path, worker, count):

@@ -20,13 +20,20 @@ from sklearn.metrics import f1_score
 from vlmeval.smp import dump, get_pred_file_path, load
 from vlmeval.smp.file import INFER_FAIL_MSG
 
-from vlmeval_prm import prm_judge
+from vlmeval_prm.host import prm_judge
 from vlmeval_prm.datasets import visualprocessbench as vpb
-from vlmeval_prm.datasets.visualprocessbench import (FULL, MINI, TSV_COLUMNS, ReleaseError, VisualProcessBench,
-                                                     find_release, release_to_frame)
+from vlmeval_prm.datasets.visualprocessbench import (
+    FULL,
+    MINI,
+    TSV_COLUMNS,
+    ReleaseError,
+    VisualProcessBench,
+    find_release,
+    release_to_frame,
+)
+from vlmeval_prm.host.plugin import PRM_MODELS, SPEC_ENV
+from vlmeval_prm.host.prm_judge import PRMJudge
 from vlmeval_prm.prm import PRMScorer, StepScores, failed
-from vlmeval_prm.plugin import PRM_MODELS, SPEC_ENV
-from vlmeval_prm.prm_judge import PRMJudge
 
 FIXTURE = Path(__file__).parent / "fixtures" / "visualprocessbench"
 SAMPLES = [json.loads(line) for line in (FIXTURE / "test.jsonl").read_text().splitlines()]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import re
 
-STEP_SEPARATOR = "\n\n"
+from vlmeval_prm.constants import MAX_STEPS, STEP_SEPARATOR
+
 _BLANK_LINE = re.compile(r"\n[ \t\u00a0]*\n")
 
 
-def split_steps(response: str | None, max_steps: int = 12) -> list[str]:
+def split_steps(response: str | None, max_steps: int = MAX_STEPS) -> list[str]:
     """Split on blank lines; merge consecutive pieces evenly when there are more than ``max_steps``.
 
     A response without blank lines is one step (VisualPRM scores it that way too). An empty or

@@ -14,10 +14,10 @@ release, delete ``$LMUData/VisualProcessBench*.tsv``.
 ``VisualProcessBench_MINI`` is a quick subset: the first ``MINI_PER_SOURCE`` samples of every
 ``data_source``, in release order (deterministic).
 
-Two kinds of predictions are scored (see :mod:`vlmeval_prm.process_metric` for the metric and how
-failures count): a JSON list of per-step P(+) from a PRM (``vlmeval_prm.prm_judge.PRMJudge``), or
+Two kinds of predictions are scored (see :mod:`vlmeval_prm.datasets.process_metric` for the metric and how
+failures count): a JSON list of per-step P(+) from a PRM (``vlmeval_prm.host.prm_judge.PRMJudge``), or
 the text reply of any other model answering the critic prompt built here
-(:mod:`vlmeval_prm.critic`).
+(:mod:`vlmeval_prm.datasets.critic`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import math
 import os
 import posixpath
 import zipfile
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 from PIL import Image
@@ -37,8 +37,8 @@ from vlmeval.dataset.image_base import ImageBaseDataset
 from vlmeval.smp import LMUDataRoot, dump, get_intermediate_file_path, load
 from vlmeval.smp.file import INFER_FAIL_MSG
 
-from ..critic import build_critic_prompt, parse_verdicts
-from ..process_metric import DEFAULT_THRESHOLD, LABELS, summarize
+from vlmeval_prm.datasets.critic import build_critic_prompt, parse_verdicts
+from vlmeval_prm.datasets.process_metric import DEFAULT_THRESHOLD, LABELS, summarize
 
 FULL = "VisualProcessBench"
 MINI = "VisualProcessBench_MINI"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import PRMScorer, StepScores, failed  # noqa: F401  (the public interface)
+from vlmeval_prm.prm.base import PRMScorer, StepScores, failed  # noqa: F401  (the public interface)
 
 #: backend name -> "module:Class"; imported only when used so no backend's dependencies load early.
 BACKENDS: dict[str, str] = {

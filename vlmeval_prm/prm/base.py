@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+
+from vlmeval_prm.constants import STEP_SEPARATOR
 
 #: Scoring modes. "step": every step scored (PRM). "outcome": the whole response as one step (ORM).
 MODES = ("step", "outcome")
@@ -42,7 +44,7 @@ def prepare(candidates: Sequence[Sequence[str]], mode: str) -> tuple[list[list[s
     step) and the results known before any model call (a candidate without steps has failed)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    steps_list = [list(c) if mode == "step" else (["\n\n".join(c)] if c else []) for c in candidates]
+    steps_list = [list(c) if mode == "step" else ([STEP_SEPARATOR.join(c)] if c else []) for c in candidates]
     return steps_list, [failed(s, "candidate has no steps") if not s else None for s in steps_list]
 
 
@@ -62,5 +64,5 @@ class PRMScorer(abc.ABC):
               mode: str = "step") -> list[StepScores]:
         ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)
         """Release connections or memory; default does nothing."""

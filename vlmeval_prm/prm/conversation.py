@@ -18,7 +18,6 @@ class PRMFormat:
     """How candidates are presented to the PRM. ``system_prompt=None`` sends no system turn."""
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    max_steps: int = 12
     good_token: str = "+"
     bad_token: str = "-"
 

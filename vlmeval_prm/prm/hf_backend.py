@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Sequence
+from collections.abc import Sequence
 
-from ..counters import bump
-from ..hf_loading import load_images, load_model_and_processor
-from .base import PRMScorer, StepScores, failed, prepare
-from .conversation import PRMFormat, build_messages
+from vlmeval_prm.counters import bump
+from vlmeval_prm.loading import load_images, load_model_and_processor
+from vlmeval_prm.logs import get_logger
+from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
+from vlmeval_prm.prm.conversation import PRMFormat, build_messages
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class TransformersPRM(PRMScorer):
@@ -20,14 +20,14 @@ class TransformersPRM(PRMScorer):
     retried one candidate at a time so one bad candidate cannot sink the others.
     """
 
-    def __init__(self, path: str, system_prompt: str | None = PRMFormat.system_prompt, max_steps: int = 12,
+    def __init__(self, path: str, system_prompt: str | None = PRMFormat.system_prompt,
                  batch_size: int = 8, device: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool = False, attn_implementation: str | None = None):
         import torch
 
         self._torch = torch
         self.identity = f"transformers:{path}"
-        self.fmt = PRMFormat(system_prompt=system_prompt, max_steps=max_steps)
+        self.fmt = PRMFormat(system_prompt=system_prompt)
         self.batch_size = batch_size
         self.model, self.processor = load_model_and_processor(
             path, device, dtype, trust_remote_code, attn_implementation)

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import threading
 import time
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import httpx
 
-log = logging.getLogger(__name__)
+from vlmeval_prm.logs import get_logger
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -26,6 +28,9 @@ CONNECTIONS_PER_POOL = 8
 
 #: Statuses worth another try: the server failed or cancelled, the request was fine. Other 4xx
 #: (400 invalid or too long, 401 key, 404 model, 409 conflict) fail the same way every time.
+#: Seconds between two "still waiting" lines while a server loads.
+WAIT_REPORT_INTERVAL = 30.0
+
 RETRY_STATUSES = frozenset({499, 500, 502, 503, 504})
 
 
@@ -150,29 +155,32 @@ class AsyncJSONClient:
         except ValueError:
             raise RequestFailed(f"{method} {url} answered with a body that is not JSON: {resp.text[:200]!r}") from None
 
-    async def wait_healthy(self, base_url: str, timeout: float, interval: float = 1.0) -> None:
+    async def wait_healthy(self, base_url: str, timeout: float, interval: float = 1.0,
+                           report_every: float = WAIT_REPORT_INTERVAL) -> None:
         """Poll ``/health`` until it answers 200. LMDeploy keeps its port closed while loading weights
-        and answers 503 until its engine is healthy; both count as "not yet" for up to ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        announced = False
+        and answers 503 until its engine is healthy; both count as "not yet" for up to ``timeout`` s.
+        While waiting, one line with the URL every ``report_every`` s."""
+        start = time.monotonic()
+        next_report = start
         while True:
             try:
                 resp = await self._pools[0].get(f"{base_url}/health", timeout=min(10.0, max(timeout, 0.1)))
                 if resp.status_code == 200:
-                    if announced:
+                    if next_report > start:
                         log.info("LMDeploy server at %s is up", base_url)
                     return
                 last = f"/health answered HTTP {resp.status_code} ({_error_text(resp)})"
             except httpx.TransportError as exc:
                 last = f"cannot connect ({type(exc).__name__})"
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now - start >= timeout:
                 raise RuntimeError(
                     f"LMDeploy server at {base_url} is not healthy after {timeout:.0f}s: {last}. Is "
                     "`lmdeploy serve api_server` running there and done loading the model?")
-            if not announced:
-                log.info("waiting up to %.0fs for the LMDeploy server at %s (still loading?): %s",
-                         timeout, base_url, last)
-                announced = True
+            if now >= next_report:
+                log.info("waiting for the LMDeploy server at %s (%.0f of %.0fs; still loading?): %s",
+                         base_url, now - start, timeout, last)
+                next_report = now + report_every
             await asyncio.sleep(interval)
 
     async def aclose(self) -> None:

@@ -31,18 +31,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-import logging
 import math
 import mimetypes
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from .base import PRMScorer, StepScores, failed, prepare
-from .conversation import PRMFormat, build_messages, first_user_text
-from .http import AsyncJSONClient, LoopThread, RequestFailed
+from vlmeval_prm.logs import get_logger
+from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
+from vlmeval_prm.prm.conversation import PRMFormat, build_messages, first_user_text
+from vlmeval_prm.prm.http import AsyncJSONClient, LoopThread, RequestFailed
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MODES = ("auto", "generate", "chat")
 #: LMDeploy's placeholder for an image inside a /generate prompt.
@@ -150,7 +150,7 @@ class LMDeployPRM(PRMScorer):
     ``api_key`` or ``LMDEPLOY_API_KEY``; it is sent as a Bearer token and kept nowhere else.
     """
 
-    def __init__(self, target: str, system_prompt: str | None = PRMFormat.system_prompt, max_steps: int = 12,
+    def __init__(self, target: str, system_prompt: str | None = PRMFormat.system_prompt,
                  mode: str = "auto", top_logprobs: int | None = None, concurrency: int = 32, timeout: float = 120.0,
                  connect_timeout: float = 10.0, max_retries: int = 3, backoff: float = 0.5,
                  startup_timeout: float = 600.0, api_key: str | None = None, chat_markers: dict | None = None,
@@ -162,7 +162,7 @@ class LMDeployPRM(PRMScorer):
         self.urls = [u.strip().rstrip("/") for u in target.split(",") if u.strip()]
         if not self.urls:
             raise ValueError(f"no server URL in {target!r}")
-        self.fmt = PRMFormat(system_prompt=system_prompt, max_steps=max_steps)
+        self.fmt = PRMFormat(system_prompt=system_prompt)
         self.markers = ChatMarkers(**(chat_markers or {}))
         self.skip_prefix_rows = skip_prefix_rows
         self._loop = LoopThread()

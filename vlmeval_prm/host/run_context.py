@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import os
 
+from vlmeval_prm.constants import STORE_DIR_ENV
+from vlmeval_prm.store.paths import store_file
+
 CURRENT: dict = {}
 
 
@@ -30,14 +33,9 @@ def wrap_infer_data(infer_data):
     return wrapper
 
 
-def store_file(folder: str, model_name: str, dataset: str | None) -> str:
-    """The one naming rule of the candidate store: ``<folder>/<model>_<dataset>_bon_candidates.jsonl``."""
-    return os.path.join(folder, f"{model_name}_{dataset or 'nodataset'}_bon_candidates.jsonl")
-
-
 def store_path(model_name: str, dataset: str | None) -> str:
     """The store of the current VLMEvalKit run (its ``work_dir`` is run.py's pred_root); outside a
     run the folder is ``$VLMEVAL_PRM_STORE_DIR`` or ``./outputs/<model>``."""
-    work_dir = CURRENT.get("work_dir") or os.environ.get("VLMEVAL_PRM_STORE_DIR") \
+    work_dir = CURRENT.get("work_dir") or os.environ.get(STORE_DIR_ENV) \
         or os.path.join("outputs", model_name)
     return store_file(work_dir, CURRENT.get("model_name") or model_name, dataset)

@@ -14,8 +14,8 @@ from functools import partial
 from vlmeval.smp.file import INFER_FAIL_MSG
 from vlmeval.vlm.base import BaseModel
 
-from .datasets.visualprocessbench import VisualProcessBench
-from .prm import PRMScorer, build_scorer
+from vlmeval_prm.datasets.visualprocessbench import VisualProcessBench
+from vlmeval_prm.prm import PRMScorer, build_scorer
 
 #: Key of the JSON text item that carries the question and steps from build_prompt to generate_inner.
 PAYLOAD_KEY = "vlmeval_prm_steps"

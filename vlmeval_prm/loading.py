@@ -8,7 +8,7 @@ from __future__ import annotations
 
 def resolve_path(path: str) -> str:
     if path.startswith("tiny:"):
-        from .tiny import tiny_model_path
+        from vlmeval_prm.tiny import tiny_model_path
 
         return tiny_model_path(path.split(":", 1)[1])
     return path

@@ -17,8 +17,8 @@ import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 _LOCK = threading.Lock()
 

@@ -18,7 +18,7 @@ Conventions (the paper states the metric, not these details):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -12,8 +12,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from .run_context import store_file
-from .store import index_records, read_records
+from vlmeval_prm.store.jsonl import index_records, read_records
+from vlmeval_prm.store.paths import store_file
 
 HOOK = "vlmeval_prm_hook"
 DEMO_MODEL = "VLMEvalPRM-TinyPolicy-BoN4"
@@ -22,11 +22,11 @@ DEMO_DATA = "VLMEvalPRM_MiniMCQ"
 
 def hook_source() -> Path:
     """The hook files in a source checkout (editable install) or beside the installed package."""
-    here = Path(__file__).resolve().parent
-    for folder in (here.parent / "plugins", here.parent):
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package.parent / "plugins", package.parent):
         if (folder / f"{HOOK}.pth").exists() and (folder / f"{HOOK}.py").exists():
             return folder
-    raise FileNotFoundError(f"{HOOK}.pth/.py not found next to {here}")
+    raise FileNotFoundError(f"{HOOK}.pth/.py not found next to {package}")
 
 
 def install_hook(args) -> int:
@@ -72,7 +72,7 @@ def demo(args) -> int:
 
 def report(args) -> int:
     """The Best-of-N table for every --model x --data run under --work-dir; 1 if any run failed."""
-    from .report import report as build_report
+    from vlmeval_prm.report.collect import report as build_report
 
     judge_kwargs = json.loads(args.judge_args) if args.judge_args else {}
     if args.nproc is not None:

@@ -17,11 +17,11 @@ never win. A subset where every candidate abstains gives no answer, which counts
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Sequence
 
-from .aggregate import AGGREGATORS, response_score
+from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 
 ARGMAX, VOTE, RANDOM, ORACLE = "argmax", "vote", "random", "oracle"
 

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 from tqdm import tqdm

@@ -25,8 +25,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from lmdeploy.messages import EngineOutput, GenerationConfig, ResponseType, ScheduleMetrics
@@ -308,8 +308,12 @@ def build_app(model_path: str, *, model_name: str | None = None, api_keys: list[
     from fastapi.exceptions import RequestValidationError
     from lmdeploy.messages import PytorchEngineConfig, TurbomindEngineConfig
     from lmdeploy.serve.core.generation_config import resolve_default_gen_config
-    from lmdeploy.serve.openai.api_server import (ServerContext, create_lifespan_handler, set_parsers,
-                                                  validation_exception_handler)
+    from lmdeploy.serve.openai.api_server import (
+        ServerContext,
+        create_lifespan_handler,
+        set_parsers,
+        validation_exception_handler,
+    )
     from lmdeploy.serve.openai.endpoints import create_openai_router
     from lmdeploy.serve.utils.server_utils import AuthenticationMiddleware
 
@@ -348,7 +352,7 @@ def label_boosted_copy(src: str, dst: str, boosts: dict[str, float]) -> str:
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..tiny import BIAS_DIM, NORMED_BIAS
+    from vlmeval_prm.tiny import BIAS_DIM, NORMED_BIAS
 
     processor = AutoProcessor.from_pretrained(src)
     model = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
@@ -386,7 +390,7 @@ class StandinServer:
             return
         self._server.run(sockets=[self._sock])
 
-    def start(self, timeout: float = 60.0) -> "StandinServer":
+    def start(self, timeout: float = 60.0) -> StandinServer:
         self._thread.start()
         if not self._start_delay:
             deadline = time.monotonic() + timeout
@@ -407,7 +411,7 @@ class StandinServer:
 def serve_standin(model_path: str, *, start_delay: float = 0.0, latency: float = 0.0,
                   **app_options) -> Iterator[StandinServer]:
     """Serve ``model_path`` (a directory, or "tiny:prm") until the block ends; yields the server."""
-    from ..hf_loading import resolve_path
+    from vlmeval_prm.loading import resolve_path
 
     faults, stats = Faults(latency), Stats()
     app = build_app(resolve_path(model_path), faults=faults, stats=stats, **app_options)

@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import threading
 
 from vlmeval.inference import FAIL_MSG  # VLMEvalKit retries predictions holding it on the next run
 from vlmeval.vlm.base import BaseModel
 
-from .aggregate import AGGREGATORS, response_score
-from .hf_loading import message_parts
-from .prm import build_scorer
-from .run_context import store_path
-from .sampling import SamplingConfig, get_adapter
-from .steps import split_steps
-from .store import CandidateStore, SampleRecords
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC, MAX_STEPS, SPEC_ENV
+from vlmeval_prm.host.run_context import store_path
+from vlmeval_prm.loading import message_parts
+from vlmeval_prm.logs import get_logger
+from vlmeval_prm.policy import SamplingConfig, get_adapter
+from vlmeval_prm.prm import build_scorer
+from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
+from vlmeval_prm.steps import split_steps
+from vlmeval_prm.store.jsonl import CandidateStore, SampleRecords
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
-DEFAULT_PRM = "lmdeploy:http://127.0.0.1:23333"
 DEFAULT_STEP_PROMPT = (
     "Solve the problem step by step. Put a blank line between steps, and state the final answer in the last step."
 )
@@ -77,7 +77,7 @@ class BestOfN(BaseModel):
     def __init__(self, model, n: int = 8, prm: str | None = None, prm_options: dict | None = None,
                  temperature: float = 0.7, top_p: float = 0.95, top_k: int | None = None,
                  max_new_tokens: int | None = None, first_greedy: bool = False, aggregate: str = "mean",
-                 max_steps: int = 12, step_prompt: str = DEFAULT_STEP_PROMPT, orm: bool = False,
+                 max_steps: int = MAX_STEPS, step_prompt: str = DEFAULT_STEP_PROMPT, orm: bool = False,
                  name: str | None = None, **base_kwargs):
         super().__init__()
         if n < 1:
@@ -85,7 +85,7 @@ class BestOfN(BaseModel):
         if aggregate not in AGGREGATORS:
             raise ValueError(f"aggregate must be one of {sorted(AGGREGATORS)}, got {aggregate!r}")
         self.n, self.aggregate, self.max_steps, self.orm = n, aggregate, max_steps, orm
-        self.prm_spec = prm or os.environ.get("VLMEVAL_PRM_SPEC") or DEFAULT_PRM
+        self.prm_spec = prm or os.environ.get(SPEC_ENV) or DEFAULT_PRM_SPEC
         self.prm_options = dict(prm_options or {})
         self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k,
                                        max_new_tokens=max_new_tokens, first_greedy=first_greedy)

@@ -21,14 +21,24 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from math import comb, fsum
-from typing import Sequence
 
 import numpy as np
 
-from .selection import ARGMAX, ORACLE, RANDOM, REASONS, VOTE, Candidate, SampleCandidates, Strategy, get_strategy
+from vlmeval_prm.select.strategies import (
+    ARGMAX,
+    ORACLE,
+    RANDOM,
+    REASONS,
+    VOTE,
+    Candidate,
+    SampleCandidates,
+    Strategy,
+    get_strategy,
+)
 
 DEFAULT_EXACT_LIMIT = 20_000
 DEFAULT_DRAWS = 2_000
@@ -106,7 +116,7 @@ class _Ballots:
     answers: int
 
     @classmethod
-    def of(cls, s: Strategy, pool: Sequence[Candidate]) -> "_Ballots":
+    def of(cls, s: Strategy, pool: Sequence[Candidate]) -> _Ballots:
         values = [s.value(c) for c in pool]
         ids: dict[str, int] = {}
         answer = [ids.setdefault(c.answer, len(ids)) if v is not None else 0 for c, v in zip(pool, values)]

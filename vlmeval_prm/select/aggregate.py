@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 AGGREGATORS: dict[str, Callable[[Sequence[float]], float]] = {
     "mean": lambda s: sum(s) / len(s),  # the paper's choice for Best-of-N

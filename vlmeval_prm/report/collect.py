@@ -19,17 +19,18 @@ import json
 import os
 import string
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, TextIO
+from typing import TextIO
 
 import pandas as pd
 
-from .answers import extract_answer
-from .judging import UnsupportedDataset, judge_candidates
-from .report_table import bon_table, print_report, write_report
-from .run_context import store_file
-from .selection import STRATEGIES, Candidate, SampleCandidates
-from .store import SampleRecords, index_records, read_records
+from vlmeval_prm.report.judging import UnsupportedDataset, judge_candidates
+from vlmeval_prm.report.table import bon_table, print_report, write_report
+from vlmeval_prm.select.answers import extract_answer
+from vlmeval_prm.select.strategies import STRATEGIES, Candidate, SampleCandidates
+from vlmeval_prm.store.jsonl import SampleRecords, index_records, read_records
+from vlmeval_prm.store.paths import store_file
 
 DEFAULT_JUDGE = "exact_matching"
 DEFAULT_NPROC = 4

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 import pandas as pd
 from tqdm import tqdm
 
-from .bon_at_k import BoNResult, MonteCarlo, bon_curve
-from .selection import REASONS, STRATEGIES, SampleCandidates
+from vlmeval_prm.select.bon_at_k import BoNResult, MonteCarlo, bon_curve
+from vlmeval_prm.select.strategies import REASONS, STRATEGIES, SampleCandidates
 
 #: Show a progress bar (on a terminal) when questions x ks x strategies exceeds this.
 PROGRESS_FROM = 20_000

@@ -18,9 +18,9 @@ VLMEvalKit is imported on first use only: importing it loads the whole kit (abou
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from functools import cache
-from typing import Callable
 
 _MARKER = re.compile(r"answer\s*(?:is\b\s*[:：]?|[:：])|答案\s*(?:是|为|[:：])", re.IGNORECASE)
 _LONE_LETTER = re.compile(r"^(?:\(([A-Z])\)|([A-Z])(?:[.:)]|$))")

@@ -13,17 +13,18 @@ import os
 import sys
 from functools import partial
 
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC, OPTIONS_ENV, SPEC_ENV
+
 BON_SIZES = (2, 4, 8, 16, 32, 64)
 TINY_POLICY = "VLMEvalPRM-TinyPolicy"
 TINY_PRM_SPEC = "transformers:tiny:prm"
-SPEC_ENV = "VLMEVAL_PRM_SPEC"
 
 
 class LazyClass:
     """Stands in for one of our classes until it is called.
 
     Registration then imports nothing of ours that needs vlmeval, which keeps it fast and free of
-    import cycles (importing ``vlmeval_prm.bon`` first imports vlmeval, which runs this plugin).
+    import cycles (importing ``vlmeval_prm.host.bon`` first imports vlmeval, which runs this plugin).
     VLMEvalKit only ever calls what it finds in ``supported_VLM`` or ``vlmeval.vlm``.
     """
 
@@ -42,13 +43,13 @@ class LazyClass:
         return f"<lazy {self.target}>"
 
 
-BestOfN = LazyClass("vlmeval_prm.bon:BestOfN")
-TransformersChat = LazyClass("vlmeval_prm.local_policy:TransformersChat")
-PRMJudge = LazyClass("vlmeval_prm.prm_judge:PRMJudge")
+BestOfN = LazyClass("vlmeval_prm.host.bon:BestOfN")
+TransformersChat = LazyClass("vlmeval_prm.policy.transformers_chat:TransformersChat")
+PRMJudge = LazyClass("vlmeval_prm.host.prm_judge:PRMJudge")
 
 #: Models that are PRMs, not policies: no Best-of-N names for them. ``VLMEVAL_PRM_SPEC`` overrides the spec.
 PRM_MODELS = {
-    "VisualPRM-8B": partial(PRMJudge, prm="lmdeploy:http://127.0.0.1:23333", spec_env=SPEC_ENV),
+    "VisualPRM-8B": partial(PRMJudge, prm=DEFAULT_PRM_SPEC, spec_env=SPEC_ENV),
     "VLMEvalPRM-TinyPRM": partial(PRMJudge, prm=TINY_PRM_SPEC, spec_env=SPEC_ENV),
 }
 POLICY_MODELS = {
@@ -62,12 +63,12 @@ def bon_name(base: str, n: int) -> str:
 
 def bon_options() -> dict:
     """Extra BestOfN settings for registered names, from ``VLMEVAL_PRM_OPTIONS`` (a JSON object)."""
-    raw = os.environ.get("VLMEVAL_PRM_OPTIONS")
+    raw = os.environ.get(OPTIONS_ENV)
     if not raw:
         return {}
     opts = json.loads(raw)
     if not isinstance(opts, dict):
-        raise ValueError("VLMEVAL_PRM_OPTIONS must be a JSON object")
+        raise ValueError(f"{OPTIONS_ENV} must be a JSON object")
     return opts
 
 
@@ -96,26 +97,20 @@ def register_classes() -> None:
 
 
 def register_datasets() -> None:
-    """Idempotent. When one of our dataset modules is the first importer of vlmeval, the package is
-    still initialising here; ``vlmeval_prm.datasets`` then calls this itself once it is complete."""
+    """When one of our dataset modules was the first importer of vlmeval, the datasets package is
+    still initialising here; it registers itself once complete (``vlmeval_prm.datasets``)."""
     package = sys.modules.get("vlmeval_prm.datasets")
-    if package is not None and not hasattr(package, "DATASET_CLASSES"):
+    if package is not None and not hasattr(package, "register"):
         return
-    import vlmeval.dataset as ds
+    from vlmeval_prm.datasets import register
 
-    from .datasets import DATASET_CLASSES
-
-    for cls in reversed(DATASET_CLASSES):
-        if cls not in ds.DATASET_CLASSES:
-            ds.DATASET_CLASSES.insert(0, cls)
-            ds.SUPPORTED_DATASETS.extend(n for n in cls.supported_datasets() if n not in ds.SUPPORTED_DATASETS)
-        setattr(ds, cls.__name__, cls)
+    register()
 
 
 def wrap_inference() -> None:
     import vlmeval.inference as inference
 
-    from .run_context import wrap_infer_data
+    from vlmeval_prm.host.run_context import wrap_infer_data
 
     inference.infer_data = wrap_infer_data(inference.infer_data)
 

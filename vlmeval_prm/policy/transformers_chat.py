@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from vlmeval.vlm.base import BaseModel
 
-from .counters import bump
-from .hf_loading import load_images, load_model_and_processor, message_parts
-from .sampling import Sample, SamplingAdapter, SamplingConfig, register_adapter
+from vlmeval_prm.counters import bump
+from vlmeval_prm.loading import load_images, load_model_and_processor, message_parts
+from vlmeval_prm.policy.base import Sample, SamplingAdapter, SamplingConfig, register_adapter
 
 
 class TransformersChat(BaseModel):

@@ -18,7 +18,7 @@ the reply cannot be read. It never guesses:
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 CORRECT, INCORRECT = 1, -1
 
