@@ -4,10 +4,11 @@ The parser maps a free-form reply to one label per step (1 correct, -1 incorrect
 the reply cannot be read. It never guesses:
 
 - A verdict is read from a ``Step k`` line or a numbered line: ``Step 2: -``,
-  ``**Step 2:** Incorrect``, ``- Step 2 - correct``, ``Step 2 is wrong``, ``Step 2: [✓]``, ``2. +``.
+  ``**Step 2:** Incorrect``, ``- Step 2 - correct``, ``Step 1 - +``, ``Step 2 is wrong``,
+  ``Step 2: [✓]``, ``2. +``, or a verdict that ends the line (``Step 2: the sum is wrong.``).
   Markdown (bold, italics, code, headings, quotes, list markers), LaTeX dollars and a ``<think>``
-  block are ignored. A step line that does not start with a verdict (for example the model restating
-  the step) gives no verdict.
+  block are ignored. A step line with a verdict neither at its start nor at its end (for example the
+  model restating the step) gives no verdict.
 - Without any ``Step k`` verdict, a reply of exactly one bare verdict per line (``+`` / ``-`` /
   ``correct`` ...) for every step, and nothing else, is read in order.
 - Unparseable (None): a step without a verdict (a partial reply is not scored on the steps it
@@ -37,9 +38,15 @@ _SYMBOL = "|".join(re.escape(s) for s in _SYMBOLS)
 _VERDICT = re.compile(rf"(?P<word>{_WORD})\b|(?P<sym>{_SYMBOL})(?!\w|\.\d)", re.IGNORECASE)
 # "Step 3 ..." or a numbered line "3. ...", "3) ...", "3: ...".
 _STEP_LINE = re.compile(r"^(?:step\s*(?P<num>\d+)|(?P<item>\d+)[.):])\s*(?P<rest>.*)$", re.IGNORECASE)
-# Between the step number and the verdict: punctuation, brackets, "is", and a dash only when a
-# verdict word follows it ("Step 2 - correct"); otherwise the dash is the verdict ("Step 2: - off by one").
-_SEPARATOR = re.compile(rf"^(?:[\s:：.,=()\[\]]|[-–—](?=\s*(?:{_WORD})\b)|is\b)*", re.IGNORECASE)
+# Between the step number and the verdict: punctuation, brackets, "is", and a dash only when another
+# verdict follows it ("Step 2 - correct", "Step 1 - +"); otherwise the dash is the verdict
+# ("Step 2: - off by one").
+_SEPARATOR = re.compile(rf"^(?:[\s:：.,=()\[\]]|[-–—](?=\s*(?:(?:{_WORD})\b|(?:{_SYMBOL})(?!\w|\.\d)))|is\b)*",
+                        re.IGNORECASE)
+# A verdict word that ends the line ("... the sum is wrong."), after trailing punctuation. Only words
+# that are verdicts in any sentence: a final "no", "true" or "right" may be part of the step itself.
+_END_WORDS = ("no errors", "no error", "no mistakes", "no mistake", "incorrect", "wrong", "invalid", "correct", "valid")
+_TRAILING = re.compile(rf"\b(?P<word>{'|'.join(map(re.escape, _END_WORDS))})[\s.!)\]]*$", re.IGNORECASE)
 _MARKUP = re.compile(r"\*\*|__|[*_`$]")
 _LEAD = re.compile(r"^(?:[#>]+\s*|[-*•]\s+|\d+[.)]\s+(?=step))*", re.IGNORECASE)
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -74,6 +81,11 @@ def _verdict(text: str) -> int | None:
     return _WORDS[m["word"].lower()] if m["word"] else _SYMBOLS[m["sym"]]
 
 
+def _negated(text: str, at: int) -> bool:
+    """Whether the word at ``at`` is preceded by "not" ("... is not wrong"): too subtle to read."""
+    return bool(re.search(r"\bnot\s*$", text[:at], re.IGNORECASE))
+
+
 def parse_verdicts(reply: str | None, n_steps: int) -> list[int] | None:
     """One label per step (1 correct, -1 incorrect), or None when the reply cannot be read fully."""
     if not reply or n_steps < 1:
@@ -84,7 +96,10 @@ def parse_verdicts(reply: str | None, n_steps: int) -> list[int] | None:
         m = _STEP_LINE.match(line)
         if not m:
             continue
-        label = _verdict(_SEPARATOR.sub("", m["rest"]).lstrip())
+        rest = m["rest"]
+        label = _verdict(_SEPARATOR.sub("", rest).lstrip())
+        if label is None and (end := _TRAILING.search(rest)) and not _negated(rest, end.start()):
+            label = _WORDS[end["word"].lower()]
         if label is None:
             continue
         num = int(m["num"] or m["item"])
