@@ -41,8 +41,8 @@ def prefix_tokens(prm, question: str, image, steps: list[str]) -> int:
     total = 0
     for k in range(1, len(steps) + 1):
         msgs = build_messages(question, steps[:k], 1, prm.fmt)[:-1]
-        text = prm.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        total += prm.processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"].shape[1]
+        text = prm.inputs.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        total += prm.inputs.processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"].shape[1]
     return total
 
 

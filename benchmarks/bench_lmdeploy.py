@@ -89,11 +89,11 @@ def bare_client(url: str, server_pid: int, question: str, images: list[str], can
     """The same /generate requests, prepared beforehand, sent by httpx alone (nothing parsed)."""
     import httpx
 
-    from vlmeval_prm.prm.conversation import PRMFormat, build_messages
-    from vlmeval_prm.prm.lmdeploy_backend import GENERATE_TOP_LOGPROBS, ChatMarkers, image_data_url
+    from vlmeval_prm.prm.conversation import PRMFormat, render_prompt
+    from vlmeval_prm.prm.lmdeploy_backend import GENERATE_TOP_LOGPROBS, IMAGE_TOKEN, image_data_url
 
     urls = [image_data_url(p) for p in images]
-    payloads = [{"prompt": ChatMarkers().render(build_messages(question, c, len(urls), PRMFormat())),
+    payloads = [{"prompt": render_prompt(question, c, len(urls), PRMFormat(), image=IMAGE_TOKEN + "\n"),
                  "image_data": urls, "max_tokens": 0, "return_logprob": True, "stream": True,
                  "top_logprobs_num": GENERATE_TOP_LOGPROBS, "logprob_start_len": 0} for c in candidates]
 

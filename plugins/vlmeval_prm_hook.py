@@ -2,14 +2,24 @@
 
 Installed by ``vlmeval_prm_hook.pth``. Costs one tiny import at interpreter start and touches
 nothing of vlmeval until vlmeval itself imports its config. Any failure is one warning line.
+``VLMEVAL_PLUGINS_DISABLE=1`` switches it off: the ``.pth`` then imports nothing (like
+pytest-cov's env-gated ``.pth``), and setting it in-process before vlmeval's config is imported
+works too. Dependency-free on purpose: it runs in every interpreter.
 An entry point names a zero-argument callable; an optional ``vlmeval_plugin_order`` attribute
 (default 0) orders them, so a plugin that derives names from all others can run last.
 """
 
+import os
 import sys
 
 TARGET = "vlmeval.config"
 GROUP = "vlmeval.plugins"
+#: Any value but empty or ``0`` switches the hook off (the ``.pth`` checks the same).
+DISABLE_ENV = "VLMEVAL_PLUGINS_DISABLE"
+
+
+def disabled():
+    return os.environ.get(DISABLE_ENV, "") not in ("", "0")
 
 
 def _warn(what, exc):
@@ -44,7 +54,7 @@ class PluginFinder:
     vlmeval_plugins_hook = True
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET:
+        if fullname != TARGET or disabled():
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):

@@ -2,6 +2,8 @@
 kit, about 10 s)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vlmeval_prm.select.answers import answer_segment, extract_answer, normalize_answer
 
@@ -88,3 +90,66 @@ def test_unparseable_is_none(text):
                                      ("1e3", "1000"), ("1,000.50", "1000.5"), ("$x^2$", "x^2")])
 def test_normalize_answer(raw, key):
     assert normalize_answer(raw) == key
+
+
+# -- numbers at the dataset's precision, options by letter, never raising, idempotent ------------------
+@pytest.mark.parametrize("a,b,precision", [
+    ("The answer is 3.14159", "Answer: 3.14", 2),
+    ("Answer: 14.0", "\\boxed{14}", 0),
+    ("Answer: 2.4999", "The answer is 2.5", 1),
+    ("The answer is 1/2", "Answer: 0.50", None),
+    ("Answer: \\frac{3}{4}", "Answer: 0.75", 2),
+])
+def test_numbers_compare_at_the_dataset_precision(a, b, precision):
+    assert extract_answer(a, "VQA", precision=precision) == extract_answer(b, "VQA", precision=precision) is not None
+
+
+def test_precision_does_not_merge_what_differs_at_it():
+    assert extract_answer("Answer: 3.14", "VQA", precision=2) != extract_answer("Answer: 3.15", "VQA", precision=2)
+    assert extract_answer("Answer: 3.14159", "VQA") != extract_answer("Answer: 3.14", "VQA")
+
+
+def test_free_form_question_with_options_votes_by_letter():
+    """MathVista's multi-choice rows are type VQA with a list of options: the key is the letter."""
+    choices = {"A": "3/11", "B": "8/11", "C": "6/11", "D": "3/5"}
+    keys = {extract_answer(t, "VQA", choices) for t in ("The answer is (B) 8/11", "Answer: 8/11", "\\boxed{B}")}
+    assert keys == {"B"}
+
+
+@pytest.mark.parametrize("text", ["1E1000000", "Answer: 1e-1000000", "Answer: -1E+999999999",
+                                  "\\boxed{1/0}", "Answer: 99999999999999999999999999999999999999999999999999999",
+                                  "Answer: 1e99999999999999999999", "\x00\x00", "答案是：", "Answer: ％"])
+@pytest.mark.parametrize("kind", ["VQA", "MCQ", "Y/N"])
+def test_extraction_never_raises(text, kind):
+    key = extract_answer(text, kind, {"A": "1", "B": "2"} if kind == "MCQ" else None, precision=2)
+    assert key is None or extract_answer(key, kind, {"A": "1", "B": "2"} if kind == "MCQ" else None, 2) == key
+
+
+def test_huge_numbers_get_a_short_stable_key():
+    key = extract_answer("1E1000000", "VQA")
+    assert key == "1e+1000000" and normalize_answer(key) == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.sampled_from([None, 0, 2]))
+def test_normalize_is_idempotent_and_total(raw, precision):
+    once = normalize_answer(raw, precision)
+    assert once is None or normalize_answer(once, precision) == once
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.from_regex(r"(The answer is|Answer:) [-+]?\d{1,6}(\.\d{1,4})?(e\d{1,9})?%?",
+                                                     fullmatch=True)),
+       st.sampled_from(["VQA", "MCQ"]), st.sampled_from([None, 1, 3]))
+def test_extract_is_idempotent_and_total(text, kind, precision):
+    choices = {"A": "red", "B": "12", "C": "none"} if kind == "MCQ" else None
+    key = extract_answer(text, kind, choices, precision)
+    assert key is None or extract_answer(key, kind, choices, precision) == key
+
+
+def test_a_json_answer_field_is_the_answer():
+    """DynaMath asks for JSON with a "short answer" key."""
+    text = 'Step 1: compute.\n\n{"solution": "Add them; the answer is 3", "short answer": "3.1416"}'
+    assert answer_segment(text) == "3.1416"
+    assert extract_answer(text, "VQA", precision=3) == extract_answer("The answer is 3.142", "VQA", precision=3)
+    assert extract_answer('{"short answer": "B"}', "MCQ") == "B"

@@ -41,13 +41,13 @@ def test_selects_the_best_mean_and_records_everything(make_bon, message, tmp_pat
     summary = json.loads(out["extra_records"])
     (entry,) = store_of(tmp_path).values()
     assert sorted(entry.candidates) == [0, 1, 2, 3]
-    assert entry.candidates[0]["settings"]["do_sample"] is False
-    assert all(entry.candidates[i]["settings"]["temperature"] == 0.7 for i in (1, 2, 3))
-    means = [entry.score(i, SPEC)["response_score"] for i in range(4)]
+    assert entry.candidates[0].settings["do_sample"] is False
+    assert all(entry.candidates[i].settings["temperature"] == 0.7 for i in (1, 2, 3))
+    means = [entry.score(i, SPEC).response_score for i in range(4)]
     assert summary["scores"] == means
-    assert summary["chosen"] == max(range(4), key=lambda i: (means[i], -i))
-    assert out["prediction"] == entry.candidates[summary["chosen"]]["text"]
-    assert entry.sample["question"] == "What colour is the square?"  # the PRM sees no step instruction
+    assert means[summary["chosen"]] == max(means) and summary["tied"] == [i for i in range(4) if means[i] == max(means)]
+    assert out["prediction"] == entry.candidates[summary["chosen"]].text
+    assert entry.sample.question == "What colour is the square?"  # the PRM sees no step instruction
 
 
 def test_second_call_reuses_the_store(make_bon, message):
@@ -67,7 +67,7 @@ def test_unopenable_image_is_a_recorded_failure(make_bon, tmp_path):
     assert out["prediction"].startswith(FAIL_MSG) and summary["chosen"] is None
     assert summary["failures"]["generation"] == 4 and summary["scores"] == [None] * 4
     (entry,) = store_of(tmp_path).values()
-    assert all("image could not be opened" in entry.candidates[i]["error"] for i in range(4))
+    assert all("image could not be opened" in entry.candidates[i].error for i in range(4))
     assert entry.scores == {}
 
 
@@ -79,11 +79,12 @@ def test_empty_generations_and_duplicates(make_bon, message, tmp_path, caplog, m
     with caplog.at_level(logging.WARNING):
         out = bon.generate(message, "Demo")
     summary = json.loads(out["extra_records"])
-    assert summary["failures"] == {"generation": 0, "no_steps": 2, "prm": 0}
+    assert summary["failures"] == {"generation": 0, "no_steps": 2, "prm": 0, "non_finite": 0}
+    assert summary["unscored"] == 2
     assert summary["duplicates"] == 1 and "identical" in caplog.text
     assert summary["scores"][:2] == [None, None] and summary["chosen"] in (2, 3)
     (entry,) = store_of(tmp_path).values()
-    assert entry.score(0, SPEC)["error"] == "candidate has no steps" and entry.score(0, SPEC)["retry"] is False
+    assert entry.score(0, SPEC).error == "candidate has no steps" and entry.score(0, SPEC).retry is False
 
 
 def test_prm_failure_is_recorded_then_retried(make_bon, message, tmp_path):
@@ -93,7 +94,7 @@ def test_prm_failure_is_recorded_then_retried(make_bon, message, tmp_path):
     summary = json.loads(out["extra_records"])
     assert out["prediction"].startswith(FAIL_MSG) and summary["failures"]["prm"] == 4
     (entry,) = store_of(tmp_path).values()
-    assert all(entry.score(i, SPEC)["step_scores"] is None and entry.score(i, SPEC)["retry"] for i in range(4))
+    assert all(entry.score(i, SPEC).step_scores is None and entry.score(i, SPEC).retry for i in range(4))
     COUNTS.clear()
     fixed = make_bon().generate(message, "Demo")  # a rerun with a working PRM scores them, samples nothing
     assert COUNTS["policy_sequences"] == 0 and COUNTS["prm_sequences"] == 4
@@ -105,7 +106,7 @@ def test_orm_scores_are_stored_beside_step_scores(make_bon, message, tmp_path):
     (entry,) = store_of(tmp_path).values()
     for i in range(4):
         outcome = entry.score(i, SPEC, "outcome")
-        assert len(outcome["step_scores"]) == 1 and outcome["steps"] == ["\n\n".join(entry.score(i, SPEC)["steps"])]
+        assert len(outcome.step_scores) == 1 and outcome.steps == ["\n\n".join(entry.score(i, SPEC).steps)]
 
 
 def test_bad_configuration_fails_at_construction(make_bon):

@@ -1,3 +1,4 @@
+import math
 from fractions import Fraction
 from itertools import combinations
 from math import comb
@@ -11,8 +12,10 @@ from vlmeval_prm.select.strategies import STRATEGIES, Candidate, SampleCandidate
 
 ALL = list(STRATEGIES)
 
-# Step scores and weights are drawn from a few dyadic values, so ties are frequent and sums are exact.
-_score = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])
+# Step scores and weights come from a few values, so ties are frequent: dyadic ones (exact sums), ones
+# whose float sums depend on the order of addition (0.1 + 0.2 + 0.3), and NaN (an unscored candidate).
+_finite = [0.0, 0.25, 0.5, 0.75, 1.0, 0.1, 0.2, 0.3]
+_score = st.sampled_from([*_finite, math.nan])
 _candidate = st.builds(
     lambda correct, scores, answer, outcome: Candidate("t", answer, correct, scores, outcome),
     correct=st.booleans(),
@@ -52,7 +55,8 @@ def test_oracle_bounds_every_strategy_at_every_k(pool):
 @settings(max_examples=60, deadline=None)
 @given(correct=st.lists(st.booleans(), min_size=1, max_size=9), data=st.data())
 def test_bon_at_1_equals_random_when_every_candidate_is_usable(correct, data):
-    pool = [cand(c, [data.draw(_score)], data.draw(st.sampled_from("ab")), data.draw(_score)) for c in correct]
+    score = st.sampled_from(_finite)
+    pool = [cand(c, [data.draw(score)], data.draw(st.sampled_from("ab")), data.draw(score)) for c in correct]
     random_acc = sample_at_k("random", pool, 1)[0]
     assert random_acc == pytest.approx(sum(correct) / len(correct))
     for name in ALL:
@@ -64,6 +68,17 @@ def test_bon_at_1_equals_random_when_every_candidate_is_usable(correct, data):
 def test_bon_at_n_is_the_plain_selection_on_all_candidates(pool):
     for name in ALL:
         assert sample_at_k(name, pool, len(pool))[0] == pytest.approx(subset_outcome(name, pool))
+
+
+def test_vote_ties_are_shared_in_the_vectorised_estimator():
+    # self_consistency: x and y tie 2-2 at k=4; weighted: x and y hold the same weights in another order
+    votes = [cand(False, answer="x"), cand(True, answer="y"), cand(True, answer="y"), cand(False, answer="x")]
+    assert sample_at_k("self_consistency", votes, 4) == (0.5, 0)
+    weighted = [cand(True, [0.1], "x"), cand(False, [0.3], "y"), cand(True, [0.2], "x"), cand(False, [0.2], "y"),
+                cand(True, [0.3], "x"), cand(False, [0.1], "y")]
+    assert sample_at_k("prm_weighted_vote", weighted, 6) == (0.5, 0)
+    mc = MonteCarlo(exact_limit=0, draws=50, seed=1)  # the Monte Carlo path goes through the same rule
+    assert sample_at_k("prm_weighted_vote", weighted, 6, mc) == (0.5, 50)
 
 
 def test_hand_computed_argmax_with_a_tie():

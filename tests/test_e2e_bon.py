@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 
+from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV
 from vlmeval_prm.counters import read_counter_file
 from vlmeval_prm.store.jsonl import index_records, read_records
 
@@ -21,8 +22,8 @@ MODEL, DATA, N, ROWS = "VLMEvalPRM-TinyPolicy-BoN4", "VLMEvalPRM_MiniMCQ", 4, 36
 
 def vlmeval_run(work, counters, wait=True):
     (work / "LMUData").mkdir(exist_ok=True)
-    env = {**os.environ, "LMUData": str(work / "LMUData"), "VLMEVAL_PRM_COUNTERS": str(counters),
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "LMUData": str(work / "LMUData"), COUNTERS_ENV: str(counters),
+           "PYTHONUNBUFFERED": "1", DEMO_ENV: "1"}
     cmd = [sys.executable, "-m", "vlmeval.run", "--model", MODEL, "--data", DATA, "--judge", "exact_matching",
            "--work-dir", str(work / "outputs")]
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -53,11 +54,11 @@ def check_store(work):
         for i in range(N):
             rec = entry.score(i, "transformers:tiny:prm")
             assert rec is not None
-            if rec["error"] is None:
-                assert len(rec["step_scores"]) == len(rec["steps"]) >= 1
-                assert all(0.0 <= s <= 1.0 for s in rec["step_scores"])
+            if rec.error is None:
+                assert len(rec.step_scores) == len(rec.steps) >= 1
+                assert all(0.0 <= s <= 1.0 for s in rec.step_scores)
             else:  # only a candidate with no steps may fail here
-                assert rec["steps"] == [] and not rec["retry"]
+                assert rec.steps == [] and not rec.retry
     return samples
 
 
@@ -80,14 +81,14 @@ def test_first_run_writes_predictions_scores_and_store(first_run):
     for s, text in zip(summaries, pred["prediction"]):
         entry = samples[s["key"]]
         if s["chosen"] is not None:
-            assert text == entry.candidates[s["chosen"]]["text"]
+            assert text == entry.text(s["chosen"])
             best = max(x for x in s["scores"] if x is not None)
             assert s["scores"][s["chosen"]] == best
     acc = glob.glob(str(work / "outputs" / MODEL / f"{MODEL}_{DATA}_acc.*"))
     assert acc, out[-3000:]
     # batched sampling: one generate call per sample for all N candidates
     assert counts["policy_generate_calls"] == ROWS and counts["policy_sequences"] == ROWS * N
-    scored = sum(1 for e in samples.values() for i in range(N) if e.score(i, "transformers:tiny:prm")["steps"])
+    scored = sum(1 for e in samples.values() for i in range(N) if e.score(i, "transformers:tiny:prm").steps)
     assert counts["prm_sequences"] == scored
 
 
@@ -132,11 +133,11 @@ def test_kill_midway_then_resume_loses_nothing(tmp_path, tiny_paths):
     assert counts["policy_sequences"] == missing_candidates
     for key, entry in before.items():  # nothing that existed was regenerated
         for i, cand in entry.candidates.items():
-            assert after[key].candidates[i]["text"] == cand["text"]
-    scored_now = sum(1 for e in after.values() for i in range(N) if e.score(i, "transformers:tiny:prm")["steps"])
+            assert after[key].text(i) == cand.text
+    scored_now = sum(1 for e in after.values() for i in range(N) if e.score(i, "transformers:tiny:prm").steps)
     newly_scored = scored_now - sum(
         1 for e in before.values() for i in range(N)
-        if e.score(i, "transformers:tiny:prm") and e.score(i, "transformers:tiny:prm")["steps"])
+        if e.score(i, "transformers:tiny:prm") and e.score(i, "transformers:tiny:prm").steps)
     assert counts["prm_sequences"] == newly_scored
     assert scored_before <= N * len(before)
     prediction_file(work)

@@ -10,7 +10,7 @@ import pytest
 from test_e2e_bon import N, prediction_file, store_file, vlmeval_run
 
 from vlmeval_prm.counters import read_counter_file
-from vlmeval_prm.store.jsonl import index_records, read_records
+from vlmeval_prm.store.jsonl import encode, index_records, read_records
 
 pytestmark = pytest.mark.e2e
 
@@ -30,10 +30,10 @@ def test_http_backend_matches_in_process_and_resumes(tmp_path, tiny_paths, monke
 
     # The served run starts from the same candidates (a resume), so only the PRM differs.
     store_file(served).parent.mkdir(parents=True)
-    with open(store_file(served), "w") as f:
+    with open(store_file(served), "wb") as f:
         for rec in read_records(str(store_file(local))):
-            if rec["kind"] != "score":
-                f.write(json.dumps(rec) + "\n")
+            if rec.kind != "score":
+                f.write(encode(rec))
 
     with serve_standin(prm_path) as server:
         spec = f"lmdeploy:{server.url}"
@@ -42,7 +42,7 @@ def test_http_backend_matches_in_process_and_resumes(tmp_path, tiny_paths, monke
         counts = read_counter_file(str(served / "c.jsonl"))
         assert counts["policy_sequences"] == 0
         generate_requests = server.stats.requests["/generate"]
-        with_steps = [sum(1 for i in range(N) if e.score(i, LOCAL)["steps"]) for e in local_store.values()]
+        with_steps = [sum(1 for i in range(N) if e.score(i, LOCAL).steps) for e in local_store.values()]
         # one request per candidate; at most one more per sample (shared-prefix measure) and a mode probe
         assert sum(with_steps) <= generate_requests <= sum(with_steps) + sum(1 for k in with_steps if k) + 1
 
@@ -51,11 +51,11 @@ def test_http_backend_matches_in_process_and_resumes(tmp_path, tiny_paths, monke
         for key, entry in served_store.items():
             for i in range(N):
                 a, b = local_store[key].score(i, LOCAL), entry.score(i, spec)
-                assert a["steps"] == b["steps"] and b["bounds"] is None
-                if a["step_scores"] is None:
-                    assert b["step_scores"] is None
+                assert a.steps == b.steps and b.bounds is None
+                if a.step_scores is None:
+                    assert b.step_scores is None
                     continue
-                assert max(abs(x - y) for x, y in zip(a["step_scores"], b["step_scores"])) < 1e-4
+                assert max(abs(x - y) for x, y in zip(a.step_scores, b.step_scores)) < 1e-4
 
         import pandas as pd
         read = lambda p: pd.read_excel(p) if p.endswith("xlsx") else pd.read_csv(p, sep="\t")  # noqa: E731

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from vlmeval_prm.constants import DEMO_ENV
+
 pytestmark = pytest.mark.e2e
 RELEASE = Path(__file__).parent / "fixtures" / "visualprocessbench"
 DATA = "VisualProcessBench"
@@ -16,7 +18,8 @@ DATA = "VisualProcessBench"
 
 def run(tmp_path, model):
     (tmp_path / "LMUData").mkdir(exist_ok=True)
-    env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), "VISUALPROCESSBENCH_ROOT": str(RELEASE)}
+    env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), "VISUALPROCESSBENCH_ROOT": str(RELEASE),
+           DEMO_ENV: "1"}
     env.pop("VLMEVAL_PRM_SPEC", None)
     out = subprocess.run([sys.executable, "-m", "vlmeval.run", "--model", model, "--data", DATA,
                           "--work-dir", str(tmp_path / "outputs")], cwd=tmp_path, env=env,

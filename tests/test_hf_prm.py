@@ -32,8 +32,8 @@ def test_conversation_has_one_placeholder_per_step(prm, n_steps):
     steps = [f"s{i}" for i in range(n_steps)]
     messages = build_messages("Q?", steps, 1, PRMFormat())
     assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * n_steps
-    assert messages[1]["content"][0] == {"type": "image"}
-    assert messages[1]["content"][1]["text"] == "### Question:\nQ?\n\n### Solution Process:\ns0"
+    assert messages[1]["content"] == [{"type": "text", "text": "### Question:\n"}, {"type": "image"},
+                                      {"type": "text", "text": "Q?\n\n### Solution Process:\ns0"}]
     ids = prm.tokenizer(prm.render("Q?", steps, 1), add_special_tokens=False)["input_ids"]
     assert len(prm.placeholder_positions(ids)) == n_steps
 
@@ -46,9 +46,9 @@ def test_no_system_turn_when_disabled():
 def prefix_score(prm, question, image, steps, k):
     """Score of step k from a separate forward pass over the conversation up to step k."""
     messages = build_messages(question, steps[:k + 1], 1, prm.fmt)[:-1]  # drop the last "+"
-    text = prm.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = prm.inputs.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     with Image.open(image) as im:
-        inputs = prm.processor(text=[text], images=[[im.convert("RGB")]], return_tensors="pt")
+        inputs = prm.inputs.processor(text=[text], images=[[im.convert("RGB")]], return_tensors="pt")
     with torch.inference_mode():
         logits = prm.model(**inputs).logits[0, -1].float()
     return torch.softmax(logits[[prm.good_id, prm.bad_id]], dim=-1)[0].item()
@@ -86,7 +86,7 @@ def test_failures_are_recorded_not_scored(prm, image, tmp_path):
 
 def test_context_length_overflow_is_a_per_candidate_failure(tiny_paths, image):
     short = build_scorer(f"transformers:{tiny_paths['prm']}", batch_size=4)
-    short.max_length = 300
-    res = short.score("Q", [image], [["ok"], ["word " * 400]])
+    short.max_length = 1000  # the system turn alone is about 700 tokens of the tiny tokenizer
+    res = short.score("Q", [image], [["ok"], ["word " * 800]])
     assert res[0].ok
     assert res[1].scores is None and "context length exceeded" in res[1].error

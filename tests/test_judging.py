@@ -169,3 +169,26 @@ def test_evaluate_without_a_per_row_file_is_refused(lmudata, tmp_path):
     table = prediction_table(dataset)
     with pytest.raises(UnsupportedDataset, match="no per-row 'hit'"):
         judge_candidates(dataset, table, [["A"] * len(table)], str(tmp_path), MODEL, JUDGE)
+
+
+def test_a_registered_benchmark_is_judged_per_answer_beside_the_store(lmudata, tmp_path, spy):
+    """MMMU (a ``benchmarks`` entry): no evaluate() per candidate index; one cache beside the store."""
+    from vlmeval.dataset import MMMUDataset
+
+    from standins.offline_benchmarks import mmmu_rows, offline_class, write_tsv
+    from vlmeval_prm.report.judging import vote_contexts
+
+    write_tsv(lmudata, "MMMU_DEV_VAL", mmmu_rows())
+    cls = offline_class(MMMUDataset, "MMMU_DEV_VAL")
+    calls = spy(cls)
+    dataset = cls("MMMU_DEV_VAL")
+    table = prediction_table(dataset)
+    answers = list(table["answer"])
+    texts = [[f"The answer is {a}" for a in answers], ["The answer is A"] * len(answers)]
+    got = judge_candidates(dataset, table, texts, str(tmp_path / "bon_report"), MODEL, JUDGE)
+    # VLMEvalKit's MMMU_preproc turns the open question (answer 16) into option A
+    assert got == [[True] * len(answers), [a in ("A", "16") for a in answers]]
+    assert calls == [] and not (tmp_path / "bon_report").exists()
+    assert (tmp_path / f"{MODEL}_MMMU_DEV_VAL_bon_judge.jsonl").exists()
+    votes = vote_contexts(dataset, table)
+    assert votes[0].choices["B"] == "15 cm" and votes[3].choices == {"A": "16", "B": "Other Answers"}

@@ -61,7 +61,7 @@ def test_transient_faults_are_retried_until_the_score_comes(prm, server, image, 
     kind, status = fault
     server.faults.fail_next(2, status) if kind == "fail" else server.faults.drop_next(2)
     before = server.stats.requests["/generate"]
-    with caplog.at_level(logging.WARNING, logger="vlmeval_prm"):
+    with caplog.at_level(logging.WARNING, logger="vlmeval.vlmeval_prm"):
         res = prm.score(QUESTION, [image], ONE)[0]
     assert res.ok and res.scores == pytest.approx(baseline.scores, abs=1e-9)
     assert server.stats.requests["/generate"] - before == 3
@@ -99,7 +99,7 @@ def test_a_slow_response_times_out_and_is_retried(server, image, baseline):
 
 
 def test_a_server_still_loading_is_waited_for(tiny_paths, image, caplog):
-    caplog.set_level(logging.INFO, logger="vlmeval_prm")
+    caplog.set_level(logging.INFO, logger="vlmeval.vlmeval_prm")
     with serve_standin(tiny_paths["prm"], model_name="late", start_delay=1.5) as server:
         start = time.monotonic()
         client = LMDeployPRM(server.url, startup_timeout=60, backoff=0.01)
@@ -122,8 +122,9 @@ def test_a_server_that_never_comes_up_is_a_clear_error():
 
 
 def test_context_length_overflow_is_a_recorded_failure(tiny_paths, image):
-    long = [f"Step {i}: the side is {i} and the area is {i * i}, so we go on." for i in range(12)]
-    with serve_standin(tiny_paths["prm"], model_name="short", session_len=300) as server:
+    long = [f"Step {i}: the side is {i} and the area is {i * i}, so we go on. " * 3 for i in range(12)]
+    # the system turn alone is about 700 tokens of the tiny tokenizer
+    with serve_standin(tiny_paths["prm"], model_name="short", session_len=1000) as server:
         for mode in ("generate", "chat"):
             client = LMDeployPRM(server.url, mode=mode, backoff=0.01)
             try:
@@ -133,7 +134,7 @@ def test_context_length_overflow_is_a_recorded_failure(tiny_paths, image):
             # the plain tiny PRM's labels are outside the chat top 20, so there "fits" is unscored too
             assert fits.ok if mode == "generate" else "context length" not in fits.error
             assert too_long.scores is None and "HTTP 400" in too_long.error
-            assert "must be smaller than the model context length (300)" in too_long.error
+            assert "must be smaller than the model context length (1000)" in too_long.error
         assert server.stats.requests["/generate"] == 2  # one per candidate (mode given: no probe), no retries
 
 

@@ -69,7 +69,7 @@ def test_summary_per_source_and_pooled_overall_match_sklearn():
         gold, scores = pooled(samples, source)
         row = table.loc[source or OVERALL]
         assert row["steps"] == len(gold)
-        assert row["F1"] == pytest.approx(100 * sk_macro(gold, np.where(scores >= 0.5, 1, -1)))
+        assert row["F1"] == pytest.approx(100 * sk_macro(gold, np.where(scores > 0.5, 1, -1)))
     # Overall pools steps; on this fixture that differs from the mean of the sources.
     assert table.loc[OVERALL, "F1"] != pytest.approx(table.drop(OVERALL)["F1"].mean())
     assert table.loc[OVERALL, "samples"] == len(samples) and table.loc[OVERALL, "failed"] == 0
@@ -93,7 +93,7 @@ def test_failed_samples_excluded_and_counted_wrong_in_pessimistic():
     assert table.loc["MathVision", "failed"] == 1 and table.loc[OVERALL, "failed"] == 1
     rest = samples.drop(index=0)
     gold, scores = pooled(rest)
-    pred = np.where(scores >= 0.5, 1, -1)
+    pred = np.where(scores > 0.5, 1, -1)
     assert table.loc[OVERALL, "F1"] == pytest.approx(100 * sk_macro(gold, pred))
     gold_failed = np.array([1, 1, -1])
     expected = sk_macro(np.concatenate([gold, gold_failed]), np.concatenate([pred, -gold_failed]))
@@ -101,8 +101,9 @@ def test_failed_samples_excluded_and_counted_wrong_in_pessimistic():
     assert table.loc[OVERALL, "F1_pessimistic"] < table.loc[OVERALL, "F1"]
 
 
-def test_threshold_is_inclusive_and_configurable():
-    assert threshold_labels([0.5, 0.49, 0.51], 0.5).tolist() == [1, -1, 1]
+def test_threshold_is_strict_and_configurable():
+    assert threshold_labels([0.5, 0.49, 0.51], 0.5).tolist() == [-1, -1, 1]  # correct only when P(+) > t
+    assert threshold_labels([0.85, 0.8501], 0.85).tolist() == [-1, 1]
     samples = pd.DataFrame({"data_source": ["S"], "labels": [[1, -1, 1, -1]], "pred": [[0.9, 0.35, 0.4, 0.1]]})
     at_half = summarize(samples, "score").iloc[-1]
     at_03 = summarize(samples, "score", threshold=0.3).iloc[-1]
@@ -116,10 +117,10 @@ def test_sweep_finds_the_separating_threshold_lowest_on_ties():
     scores = [0.8, 0.7, 0.3, 0.2]
     t, f1 = best_threshold(gold, scores)
     assert f1 == pytest.approx(1.0)
-    assert t == pytest.approx(0.31)  # every t in (0.30, 0.70] separates; the lowest grid point wins
+    assert t == pytest.approx(0.30)  # every t in [0.30, 0.70) separates; the lowest grid point wins
     assert THRESHOLD_GRID[0] == 0.0 and THRESHOLD_GRID[-1] == 1.0 and len(THRESHOLD_GRID) == 101
     row = summarize(pd.DataFrame({"data_source": ["S"], "labels": [gold], "pred": [scores]}), "score").iloc[-1]
-    assert row["F1_best"] == pytest.approx(100) and row["best_threshold"] == pytest.approx(0.31)
+    assert row["F1_best"] == pytest.approx(100) and row["best_threshold"] == pytest.approx(0.30)
 
 
 def test_critic_labels_are_scored_without_threshold():
@@ -139,3 +140,17 @@ def test_source_without_scorable_steps_reports_nan_not_zero():
 def test_prediction_length_must_match_labels():
     with pytest.raises(ValueError, match="sample 0: 2 predictions for 3 steps"):
         explode_steps(pd.DataFrame({"data_source": ["A"], "labels": [[1, 1, -1]], "pred": [[0.1, 0.2]]}))
+
+
+def test_the_threshold_is_printed_with_the_results(caplog):
+    import logging
+
+    from vlmeval_prm.datasets.visualprocessbench import _log_summary
+
+    caplog.set_level(logging.INFO)
+    samples = pd.DataFrame({"data_source": ["S"], "labels": [[1, -1]], "pred": [[0.9, 0.2]]})
+    summary = summarize(samples, "score", threshold=0.85)
+    details = pd.DataFrame({"result": ["ok"]})
+    _log_summary("VisualProcessBench", "score", summary, details)
+    assert "a step is correct when P(+) > 0.85" in caplog.text
+    assert "threshold" in caplog.text and "best_threshold" in caplog.text  # the table's columns

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmeval_prm.store.jsonl import index_records, read_records
+from vlmeval_prm.constants import DEMO_ENV
+from vlmeval_prm.store.jsonl import encode, index_records, read_records
+from vlmeval_prm.store.records import CandidateRecord
 
 pytestmark = pytest.mark.e2e
 MODEL, DATA, N, ROWS, PRM = "VLMEvalPRM-TinyPolicy-BoN8", "VLMEvalPRM_MiniMCQ", 8, 36, "transformers:tiny:prm"
@@ -27,7 +29,7 @@ CLI = os.path.join(os.path.dirname(sys.executable), "vlmeval-prm")
 
 def env_for(work):
     return {**os.environ, "LMUData": str(work / "LMUData"), "VLMEVAL_PRM_OPTIONS": '{"orm": true}',
-            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", DEMO_ENV: "1"}
 
 
 def run(cmd, work):
@@ -84,7 +86,7 @@ def expected_at_n(work):
         correct = [hits[i][index] for i in range(N)]
         entry = store[summary["key"]]
         outcome = [entry.score(i, PRM, "outcome") for i in range(N)]
-        orm = [r["step_scores"][0] if r and r["error"] is None else None for r in outcome]
+        orm = [r.step_scores[0] if r and r.error is None else None for r in outcome]
         totals["prm_mean"] += argmax_outcome(summary["scores"], correct)
         totals["orm"] += argmax_outcome(orm, correct)
         totals["oracle"] += any(correct)
@@ -156,15 +158,14 @@ def _damage(work, target):
     records = list(read_records(str(store_path)))
     samples = index_records(records)
     keys = [json.loads(x)["key"] for x in pd.read_excel(root(target) / f"{MODEL}_{DATA}.xlsx")["extra_records"]]
-    healthy = [k for k in keys if all(samples[k].score(i, PRM, m)["error"] is None
+    healthy = [k for k in keys if all(samples[k].score(i, PRM, m).error is None
                                       for i in range(N) for m in ("step", "outcome"))]
     assert len(healthy) >= 8, "the tiny run has too many failed scores for this test"
     failed_scores, short, textless, unsummarised = healthy[:3], healthy[3], healthy[4], healthy[5]
-    kept = [r for r in records if not (r["kind"] == "score" and r["key"] in failed_scores and r["i"] == 0)
-            and not (r["kind"] == "candidate" and r["key"] == short and r["i"] >= 6)]
-    kept.append({"kind": "candidate", "key": textless, "i": 2, "text": None, "error": "timeout", "settings": {},
-                 "policy": "x"})
-    store_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    kept = [r for r in records if not (r.kind == "score" and r.key in failed_scores and r.i == 0)
+            and not (r.kind == "candidate" and r.key == short and r.i >= 6)]
+    kept.append(CandidateRecord(key=textless, i=2, text=None, error="timeout", policy="x"))
+    store_path.write_bytes(b"".join(encode(r) for r in kept))
     pred = pd.read_excel(root(target) / f"{MODEL}_{DATA}.xlsx")
     pred.loc[keys.index(unsummarised), "extra_records"] = None
     pred.to_excel(root(target) / f"{MODEL}_{DATA}.xlsx", index=False)

@@ -1,6 +1,9 @@
 import math
+from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vlmeval_prm.select.strategies import (
     ARGMAX,
@@ -10,14 +13,27 @@ from vlmeval_prm.select.strategies import (
     VOTE,
     Candidate,
     get_strategy,
+    pick,
+    pick_probabilities,
     strategy,
     subset_outcome,
+    vote_totals,
 )
 
 
 def cand(correct, scores=(0.5,), answer="a", outcome=None):
     return Candidate(text="t", answer=answer, correct=correct,
                      step_scores=None if scores is None else list(scores), outcome_score=outcome)
+
+
+_score = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 0.1, 0.2, 0.3, math.nan])
+_candidate = st.builds(
+    lambda correct, scores, answer, outcome: Candidate("t", answer, correct, scores, outcome),
+    correct=st.booleans(),
+    scores=st.one_of(st.none(), st.lists(_score, min_size=0, max_size=3)),
+    answer=st.one_of(st.none(), st.sampled_from(["a", "b", "c"])),
+    outcome=st.one_of(st.none(), _score),
+)
 
 
 def test_registry_names_and_kinds():
@@ -79,16 +95,73 @@ def test_failed_and_nan_scores_abstain():
     assert subset_outcome(s, [cand(False, None), cand(True, [0.3]), cand(False, [0.2])]) == 1.0
 
 
+@pytest.mark.parametrize("bad", [[math.nan, 0.9], [0.9, math.nan], [0.9, math.nan, 0.95], [math.inf], [0.9, -math.inf]])
+@pytest.mark.parametrize("name", ["prm_mean", "prm_min", "prm_last", "prm_product", "prm_weighted_vote"])
+def test_a_nan_or_inf_step_makes_the_candidate_unscored_wherever_it_sits(name, bad):
+    # min() skips a NaN that is not first and last() sees only the final one: neither may decide
+    s = get_strategy(name)
+    unscored, scored = cand(True, bad, "x"), cand(False, [0.1], "y")
+    assert s.value(unscored) is None and s.abstain_reason(unscored) == "no_step_scores"
+    assert pick_probabilities(s, [unscored, scored]) == [0, 1]
+    assert pick_probabilities(s, [scored, unscored]) == [1, 0]
+    assert pick_probabilities(s, [unscored]) == [0]  # nothing scored: no answer
+
+
+@settings(max_examples=200, deadline=None)
+@given(pool=st.lists(_candidate, min_size=1, max_size=6), data=st.data())
+def test_probabilities_are_a_distribution_over_usable_candidates_in_any_order(pool, data):
+    order = data.draw(st.permutations(range(len(pool))))
+    for name in STRATEGIES:
+        s = get_strategy(name)
+        probs = s.probabilities(pool)
+        usable = [s.value(c) is not None for c in pool] if s.kind in (ARGMAX, VOTE) else [True] * len(pool)
+        assert sum(probs) == (1 if any(usable) else 0)
+        assert all(p == 0 for p, ok in zip(probs, usable) if not ok)  # unscored never picked over scored
+        # order-independent: each candidate keeps its probability when the candidates are shuffled
+        assert s.probabilities([pool[i] for i in order]) == [probs[i] for i in order]
+
+
+def test_pick_is_seeded_by_the_key_and_spread_over_the_tie():
+    cands = [cand(True, [0.7]), cand(False, [0.2]), cand(False, [0.7]), cand(True, [0.7, math.nan]), cand(True, [0.7])]
+    picks = [pick("prm_mean", cands, f"key{j}") for j in range(600)]
+    assert [pick("prm_mean", cands, f"key{j}") for j in range(600)] == picks  # a rerun picks the same
+    counts = {i: picks.count(i) for i in range(5)}
+    assert counts[1] == counts[3] == 0  # lower score; NaN step
+    assert all(150 <= counts[i] <= 250 for i in (0, 2, 4)), counts  # 200 expected each; > 4 sd margin
+    assert pick("prm_mean", [cand(True, None), cand(True, [math.nan])], "k") is None
+
+
 def test_all_abstaining_subset_is_wrong():
     assert subset_outcome("prm_mean", [cand(True, None), cand(True, None)]) == 0.0
     assert subset_outcome("self_consistency", [cand(True, answer=None)]) == 0.0
 
 
-def test_self_consistency_majority_and_earliest_first_occurrence_tie_break():
+def test_self_consistency_majority_and_uniform_tie_break():
     cands = [cand(False, answer="x"), cand(True, answer="y"), cand(True, answer="y"), cand(False, answer="x")]
     assert subset_outcome("self_consistency", cands[:3]) == 1.0  # y has 2 votes
-    assert subset_outcome("self_consistency", cands) == 0.0  # 2-2 tie: x occurs first
+    assert subset_outcome("self_consistency", cands) == 0.5  # 2-2 tie: x and y share the pick, in any order
+    assert subset_outcome("self_consistency", cands[::-1]) == 0.5
     assert subset_outcome("self_consistency", cands[1:]) == 1.0  # y leads 2-1
+    assert pick_probabilities("self_consistency", cands) == [Fraction(1, 4)] * 4
+
+
+def test_tied_answers_share_the_pick_and_supporters_share_their_answers_share():
+    # x: 2 votes, y: 2 votes, z: 1 vote -> x and y get 1/2 each, split between their 2 supporters
+    cands = [cand(True, answer="x"), cand(False, answer="y"), cand(True, answer="z"), cand(True, answer="y"),
+             cand(False, answer="x"), cand(True, answer=None)]
+    assert pick_probabilities("self_consistency", cands) == [Fraction(1, 4), Fraction(1, 4), 0, Fraction(1, 4),
+                                                             Fraction(1, 4), 0]
+
+
+def test_weighted_vote_exact_tie_is_not_decided_by_float_rounding():
+    # x and y hold the same weights, in another order: left-to-right float sums are 0.6000000000000001
+    # and 0.6, but the exact totals are equal, so it is a tie (math.fsum, in the run and the report)
+    assert (0.1 + 0.2) + 0.3 != (0.3 + 0.2) + 0.1
+    cands = [cand(True, [0.1], "x"), cand(False, [0.3], "y"), cand(True, [0.2], "x"), cand(False, [0.2], "y"),
+             cand(True, [0.3], "x"), cand(False, [0.1], "y")]
+    assert subset_outcome("prm_weighted_vote", cands) == 0.5
+    assert pick_probabilities("prm_weighted_vote", cands) == [Fraction(1, 6)] * 6
+    assert vote_totals(get_strategy("prm_weighted_vote"), cands) == {"x": 0.6, "y": 0.6}
 
 
 def test_unparseable_answers_do_not_vote():

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from vlmeval_prm.constants import DEMO_ENV
 from vlmeval_prm.store.jsonl import index_records, read_records
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +33,8 @@ def test_ranks_share_one_store_without_loss(tmp_path, tiny_paths):
     work.mkdir()
     procs = []
     for rank in range(RANKS):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(RANKS), "LMUData": str(tmp_path / "LMUData")}
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(RANKS), "LMUData": str(tmp_path / "LMUData"),
+               DEMO_ENV: "1"}
         procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(work), str(rank)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for p in procs:
@@ -48,5 +50,5 @@ def test_ranks_share_one_store_without_loss(tmp_path, tiny_paths):
         assert sorted(entry.candidates) == list(range(N))
         assert all(entry.score(i, "transformers:tiny:prm") for i in range(N))
     # each sample was sampled by exactly one rank: one sample record and N candidate records per key
-    assert sum(r["kind"] == "candidate" for r in records) == ROWS * N
-    assert sum(r["kind"] == "sample" for r in records) == ROWS
+    assert sum(r.kind == "candidate" for r in records) == ROWS * N
+    assert sum(r.kind == "sample" for r in records) == ROWS

@@ -12,6 +12,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 from vlmeval_prm import tiny  # noqa: E402
+from vlmeval_prm.constants import HOME_ENV  # noqa: E402
 
 CONVERSATION = [
     {"role": "system", "content": [{"type": "text", "text": "Score each step."}]},
@@ -90,7 +91,7 @@ def test_second_call_reuses_without_building(cache, policy_dir, monkeypatch):
 
 
 def test_default_cache_dir_from_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("VLMEVAL_PRM_HOME", str(tmp_path))
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
     path = tiny.tiny_model_path("prm")
     assert Path(path) == tmp_path / "tiny" / f"prm-v{tiny.RECIPE_VERSION}"
     assert (Path(path) / "model.safetensors").is_file()

@@ -292,8 +292,8 @@ def test_prm_judge_through_vlmevalkit_inference_and_evaluate(dataset, tmp_path):
              for g, st in zip(s["response"]["process_correctness"], s["response"]["steps"]) if g != 0]
     gold = [g for g, _ in pairs]
     scores = np.array([x for _, x in pairs])
-    assert result.loc["Overall", "F1"] == pytest.approx(sk_macro(gold, np.where(scores >= 0.5, 1, -1)))
-    best = max(sk_macro(gold, np.where(scores >= t, 1, -1)) for t in np.linspace(0, 1, 101))
+    assert result.loc["Overall", "F1"] == pytest.approx(sk_macro(gold, np.where(scores > 0.5, 1, -1)))
+    best = max(sk_macro(gold, np.where(scores > t, 1, -1)) for t in np.linspace(0, 1, 101))
     assert result.loc["Overall", "F1_best"] == pytest.approx(best)
     assert (work / f"FakePRM_{FULL}_score_result.xlsx").is_file()
 
@@ -334,6 +334,7 @@ def test_prm_judge_only_scores_its_own_prompt(dataset):
 def test_visualprm_factory_spec_and_env_override(monkeypatch):
     built = []
     monkeypatch.setattr(prm_judge, "build_scorer", lambda spec, **opts: built.append((spec, opts)) or FakePRM())
+    monkeypatch.setattr(prm_judge, "validate_spec", lambda spec, opts: None)  # fake paths (see test_prm_spec.py)
     monkeypatch.delenv(SPEC_ENV, raising=False)
     PRM_MODELS["VisualPRM-8B"]()
     monkeypatch.setenv(SPEC_ENV, "transformers:/models/VisualPRM-8B")

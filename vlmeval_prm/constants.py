@@ -7,8 +7,14 @@ STEP_SEPARATOR = "\n\n"
 #: Where ``lmdeploy serve api_server`` listens by default: the PRM registered names use.
 DEFAULT_PRM_SPEC = "lmdeploy:http://127.0.0.1:23333"
 
-#: Environment variables read by the plugin (documented in the README).
+# Environment variables read by the plugin (the README's Options table). The startup hook's own
+# switch, VLMEVAL_PLUGINS_DISABLE, lives in plugins/vlmeval_prm_hook.py: that module imports nothing.
 SPEC_ENV = "VLMEVAL_PRM_SPEC"
 OPTIONS_ENV = "VLMEVAL_PRM_OPTIONS"
 STORE_DIR_ENV = "VLMEVAL_PRM_STORE_DIR"
+#: ``1`` registers the demo's tiny models (``vlmeval-prm demo`` sets it for its run).
 DEMO_ENV = "VLMEVAL_PRM_DEMO"
+#: Where the tiny models are cached (``<it>/tiny``; default ``~/.cache/vlmeval_prm``).
+HOME_ENV = "VLMEVAL_PRM_HOME"
+#: A file that collects work counters across processes (benchmarks and tests; not for users).
+COUNTERS_ENV = "VLMEVAL_PRM_COUNTERS"

@@ -11,6 +11,8 @@ import os
 import threading
 from collections import Counter
 
+from vlmeval_prm.constants import COUNTERS_ENV
+
 COUNTS: Counter = Counter()
 _LOCK = threading.Lock()
 
@@ -18,7 +20,7 @@ _LOCK = threading.Lock()
 def bump(name: str, amount: int = 1) -> None:
     with _LOCK:
         COUNTS[name] += amount
-        path = os.environ.get("VLMEVAL_PRM_COUNTERS")
+        path = os.environ.get(COUNTERS_ENV)
         if path:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"name": name, "n": amount, "pid": os.getpid()}) + "\n")

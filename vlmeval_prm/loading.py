@@ -1,9 +1,13 @@
-"""Load an image-text-to-text model and its processor with transformers (local path or hub id).
+"""Load models with transformers (local path or hub id): HF-native image-text-to-text models and
+remote-code InternVL checkpoints (``InternVLChatModel``, e.g. VisualPRM-8B), and their images.
 
 ``tiny:policy`` / ``tiny:prm`` name the locally built tiny models (see ``vlmeval_prm.tiny``).
 """
 
 from __future__ import annotations
+
+#: InternVL's tile count limit on VisualPRM-8B's model card (dynamic tiling, 448 px tiles).
+INTERNVL_MAX_TILES = 12
 
 
 def resolve_path(path: str) -> str:
@@ -14,20 +18,55 @@ def resolve_path(path: str) -> str:
     return path
 
 
+def checkpoint_config(path: str) -> dict:
+    """The checkpoint's ``config.json`` as a dict, read without running any of its code."""
+    from transformers import PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(resolve_path(path))
+    return config
+
+
+def uses_remote_code(config: dict) -> bool:
+    """True when the model class comes from the checkpoint's own files (``auto_map``), as for
+    InternVL's ``InternVLChatModel``, rather than from transformers."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    auto_map = config.get("auto_map") or {}
+    return bool(auto_map) and ("AutoModel" in auto_map or "AutoModelForCausalLM" in auto_map) \
+        and config.get("model_type") not in CONFIG_MAPPING
+
+
+def _device_dtype(device: str | None, dtype: str | None):
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+
+
 def load_model_and_processor(path: str, device: str | None = None, dtype: str | None = None,
                              trust_remote_code: bool = False, attn_implementation: str | None = None):
     """(model, processor) in eval mode. float32 on CPU, bfloat16 on GPU unless ``dtype`` says otherwise."""
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = resolve_path(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    device, torch_dtype = _device_dtype(device, dtype)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation)
     return model.to(device).eval(), processor
+
+
+def load_remote_code_model(path: str, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer) of a remote-code checkpoint, loaded as InternVL's own instructions do:
+    ``AutoModel`` and a slow ``AutoTokenizer``, both with ``trust_remote_code=True``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_path(path)
+    device, torch_dtype = _device_dtype(device, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, use_fast=False)
+    model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=True, low_cpu_mem_usage=True)
+    return model.to(device).eval(), tokenizer
 
 
 def load_images(paths) -> list:
@@ -42,6 +81,20 @@ def load_images(paths) -> list:
         except Exception as exc:
             raise ValueError(f"image could not be opened: {p}: {exc}") from exc
     return images
+
+
+def internvl_tiles(paths, image_size: int, max_num: int = INTERNVL_MAX_TILES) -> tuple[list, list[int]]:
+    """Per image, its InternVL tiles as one tensor (dynamic tiling plus a thumbnail), with VLMEvalKit's
+    own InternVL utilities; and the tile counts. Raises with the path when an image cannot be read."""
+    from vlmeval.vlm.internvl.utils import load_image
+
+    tiles = []
+    for p in paths:
+        try:
+            tiles.append(load_image(p, input_size=image_size, max_num=max_num))
+        except Exception as exc:
+            raise ValueError(f"image could not be opened: {p}: {exc}") from exc
+    return tiles, [t.shape[0] for t in tiles]
 
 
 def message_parts(message) -> tuple[str, list[str]]:

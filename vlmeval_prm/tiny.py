@@ -22,6 +22,8 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from vlmeval_prm.constants import HOME_ENV, STEP_SEPARATOR
+
 TINY_ROLES = ("policy", "prm")
 
 #: Bump whenever anything below changes what gets written.
@@ -101,7 +103,7 @@ def tiny_model_path(role: str = "policy", cache_dir: str | None = None) -> str:
 
 
 def _default_cache_dir() -> Path:
-    home = os.environ.get("VLMEVAL_PRM_HOME")
+    home = os.environ.get(HOME_ENV)
     return Path(home) / "tiny" if home else Path.home() / ".cache" / "vlmeval_prm" / "tiny"
 
 
@@ -178,7 +180,7 @@ def _token_bias(tokenizer) -> list[float]:
         text = tokenizer.convert_tokens_to_string([token])
         if token in SPECIAL_TOKENS:
             bias[idx] = EOS_LOGIT if token == IM_END else SUPPRESS_LOGIT
-        elif "\n\n" in text:
+        elif STEP_SEPARATOR in text:
             bias[idx] = BLANK_LINE_LOGIT
         elif not all(c.isascii() and (c.isalnum() or c in _PLAIN_CHARS) for c in text):
             bias[idx] = SUPPRESS_LOGIT

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -72,11 +73,13 @@ class Faults:
 
 @dataclass
 class Stats:
-    """What the server saw: HTTP requests per path, and engine calls with their prompt tokens."""
+    """What the server saw: HTTP requests per path, engine calls with their prompt tokens, and (when
+    ``bodies`` is a list) every inference request's decoded JSON body as ``(path, body)``."""
 
     requests: collections.Counter = field(default_factory=collections.Counter)
     engine_calls: int = 0
     prompt_tokens: int = 0
+    bodies: list | None = None
 
 
 class _TorchRunner:
@@ -263,6 +266,8 @@ class _FaultMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         self.stats.requests[scope["path"]] += 1
+        if self.stats.bodies is not None and scope["path"] in INFERENCE_PATHS:
+            receive = _recording(receive, scope["path"], self.stats.bodies)
         action = self.faults.take() if scope["path"] in INFERENCE_PATHS else None
         if action is not None:
             kind, arg = action
@@ -272,6 +277,21 @@ class _FaultMiddleware:
                 return await _drop_connection(send)
             await asyncio.sleep(arg)
         await self.app(scope, receive, send)
+
+
+def _recording(receive, path: str, bodies: list):
+    """``receive`` that also appends the request's JSON body to ``bodies`` once it is complete."""
+    chunks: list[bytes] = []
+
+    async def wrapped():
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                bodies.append((path, json.loads(b"".join(chunks) or b"null")))
+        return message
+
+    return wrapped
 
 
 def _error_response(status: int):
@@ -297,15 +317,18 @@ async def _drop_connection(send) -> None:
 def build_app(model_path: str, *, model_name: str | None = None, api_keys: list[str] | None = None,
               session_len: int | None = None, logprobs_mode: str | None = "raw_logprobs",
               engine: str = "pytorch", max_batch_size: int = 256, forward_cache: int = 0,
-              faults: Faults | None = None, stats: Stats | None = None, log_level: str = "ERROR"):
+              chat_template: str | None = None, faults: Faults | None = None, stats: Stats | None = None,
+              log_level: str = "ERROR"):
     """The ASGI app, assembled like ``lmdeploy.serve.openai.api_server.serve`` does.
 
     ``session_len`` is the context length (LMDeploy answers 400 beyond it); ``engine`` is
     "pytorch" or "turbomind"; ``forward_cache`` keeps that many forward results (benchmarks);
-    ``log_level`` is LMDeploy's logger level (``serve`` defaults to ERROR too).
+    ``chat_template`` is ``--chat-template`` (a builtin name or a JSON file, read by LMDeploy's CLI
+    helper); ``log_level`` is LMDeploy's logger level (``serve`` defaults to ERROR too).
     """
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
+    from lmdeploy.cli.utils import get_chat_template
     from lmdeploy.messages import PytorchEngineConfig, TurbomindEngineConfig
     from lmdeploy.serve.core.generation_config import resolve_default_gen_config
     from lmdeploy.serve.openai.api_server import (
@@ -332,7 +355,8 @@ def build_app(model_path: str, *, model_name: str | None = None, api_keys: list[
     standin = _StandinEngine(config, _TorchRunner(model_path, forward_cache), faults, stats, engine == "turbomind")
     context = ServerContext()
     context.default_gen_config = resolve_default_gen_config("auto", model_path, False)
-    context.async_engine = _StandinAsyncEngine(model_path, standin, build_config, model_name=model_name)
+    context.async_engine = _StandinAsyncEngine(model_path, standin, build_config, model_name=model_name,
+                                               chat_template_config=get_chat_template(chat_template, model_path))
     config.session_len = context.async_engine.session_len
     set_parsers(context)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
@@ -383,12 +407,17 @@ class StandinServer:
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", lifespan="on"))
         self._start_delay = start_delay
         self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="lmdeploy-standin", daemon=True)
 
     def _run(self) -> None:
         if self._stop.wait(self._start_delay):
             return
-        self._server.run(sockets=[self._sock])
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._server.serve(sockets=[self._sock])
 
     def start(self, timeout: float = 60.0) -> StandinServer:
         self._thread.start()
@@ -400,6 +429,20 @@ class StandinServer:
                 time.sleep(0.01)
         return self
 
+    def kill(self) -> None:
+        """Die as a crashed server does: open connections are reset, new ones refused, nothing answers."""
+
+        def abort() -> None:
+            for listener in getattr(self._server, "servers", []):
+                listener.close()
+            for connection in list(self._server.server_state.connections):
+                connection.transport.abort()
+
+        self._server.force_exit = True
+        self._server.should_exit = True
+        self._loop.call_soon_threadsafe(abort)
+        self._thread.join(timeout=30)
+
     def stop(self) -> None:
         self._stop.set()
         self._server.should_exit = True
@@ -408,12 +451,13 @@ class StandinServer:
 
 
 @contextlib.contextmanager
-def serve_standin(model_path: str, *, start_delay: float = 0.0, latency: float = 0.0,
+def serve_standin(model_path: str, *, start_delay: float = 0.0, latency: float = 0.0, record_bodies: bool = False,
                   **app_options) -> Iterator[StandinServer]:
-    """Serve ``model_path`` (a directory, or "tiny:prm") until the block ends; yields the server."""
+    """Serve ``model_path`` (a directory, or "tiny:prm") until the block ends; yields the server.
+    ``record_bodies`` keeps every inference request body in ``server.stats.bodies``."""
     from vlmeval_prm.loading import resolve_path
 
-    faults, stats = Faults(latency), Stats()
+    faults, stats = Faults(latency), Stats(bodies=[] if record_bodies else None)
     app = build_app(resolve_path(model_path), faults=faults, stats=stats, **app_options)
     server = StandinServer(app, faults, stats, start_delay=start_delay).start()
     try:

@@ -8,9 +8,10 @@ Conventions (the paper states the metric, not these details):
 - Macro F1 = mean of F1(correct) and F1(incorrect). A class whose F1 is undefined (no gold and no
   predicted step of it) scores 0, as scikit-learn's ``f1_score(..., zero_division=0)`` does.
 - "Overall" pools every step of every source; it is not the mean of the per-source numbers.
-- A PRM step is predicted correct when its P(+) >= threshold (default 0.5). The sweep reports, per
-  row, the threshold of the grid that maximises that row's F1 (ties: the lowest threshold). It is an
-  oracle for diagnosing calibration, never the headline number.
+- A PRM step is predicted correct when its P(+) > threshold (strict; default 0.5; a published
+  re-evaluation of VisualPRM-8B uses 0.85). The threshold is a column of every row. The sweep
+  reports, per row, the threshold of the grid that maximises that row's F1 (ties: the lowest
+  threshold). It is an oracle for diagnosing calibration, never the headline number.
 - A failed sample (inference failure, unparseable reply, malformed scores) has no predictions.
   ``F1`` excludes its steps (the ``failed`` column counts such samples); ``F1_pessimistic`` counts
   each of its steps as predicted wrong, a lower bound a reader can set next to ``F1``.
@@ -48,8 +49,8 @@ def macro_f1(gold: Sequence[int], pred: Sequence[int]) -> tuple[float, float, fl
 
 
 def threshold_labels(scores: Sequence[float], threshold: float) -> np.ndarray:
-    """P(+) -> +1 where score >= threshold, else -1."""
-    return np.where(np.asarray(scores, dtype=float) >= threshold, CORRECT, INCORRECT)
+    """P(+) -> +1 where score > threshold (strictly), else -1."""
+    return np.where(np.asarray(scores, dtype=float) > threshold, CORRECT, INCORRECT)
 
 
 def best_threshold(gold: Sequence[int], scores: Sequence[float],

@@ -39,6 +39,9 @@ from vlmeval.smp.file import INFER_FAIL_MSG
 
 from vlmeval_prm.datasets.critic import build_critic_prompt, parse_verdicts
 from vlmeval_prm.datasets.process_metric import DEFAULT_THRESHOLD, LABELS, summarize
+from vlmeval_prm.logs import get_logger
+
+log = get_logger(__name__)
 
 FULL = "VisualProcessBench"
 MINI = "VisualProcessBench_MINI"
@@ -350,7 +353,8 @@ class VisualProcessBench(ImageBaseDataset):
     def evaluate(self, eval_file, **judge_kwargs):
         """Macro F1 per data_source and Overall; writes ``*_metrics`` and ``*_<kind>_result`` files.
 
-        judge_kwargs: ``threshold`` (P(+) cut for PRM scores, default 0.5) and ``kind`` ("score" or
+        judge_kwargs: ``threshold`` (a PRM step is correct when P(+) > threshold, default 0.5; e.g.
+        ``--judge-args '{"threshold": 0.85}'``) and ``kind`` ("score" or
         "critic"; detected from the predictions when absent). Other keys are ignored.
         """
         threshold = float(judge_kwargs.get("threshold", DEFAULT_THRESHOLD))
@@ -375,13 +379,14 @@ class VisualProcessBench(ImageBaseDataset):
             "result": [s for _, s in parsed]})
         dump(details, get_intermediate_file_path(eval_file, f"_{kind}_result"))
         dump(summary, get_intermediate_file_path(eval_file, "_metrics"))
-        _print_summary(self.dataset_name, kind, summary, details)
+        _log_summary(self.dataset_name, kind, summary, details)
         return summary
 
 
-def _print_summary(name: str, kind: str, summary: pd.DataFrame, details: pd.DataFrame) -> None:
+def _log_summary(name: str, kind: str, summary: pd.DataFrame, details: pd.DataFrame) -> None:
     failures = details.loc[details["result"] != "ok", "result"].value_counts()
     failed = ", ".join(f"{n} {why}" for why, n in failures.items()) or "none"
-    print(f"{name} ({'PRM scores' if kind == 'score' else 'critic replies'}), macro F1 in %; "
-          f"failed samples: {failed} (excluded from F1, counted wrong in F1_pessimistic)")
-    print(summary.round(2).to_string(index=False))
+    what = f"PRM scores, a step is correct when P(+) > {summary['threshold'].iloc[-1]:g}" if kind == "score" \
+        else "critic replies"
+    log.info("%s (%s), macro F1 in %%; failed samples: %s (excluded from F1, counted wrong in F1_pessimistic)\n%s",
+             name, what, failed, summary.round(2).to_string(index=False))

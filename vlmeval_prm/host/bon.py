@@ -21,10 +21,12 @@ from vlmeval_prm.host.run_context import store_path
 from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
-from vlmeval_prm.prm import build_scorer
+from vlmeval_prm.prm import build_scorer, validate_spec
 from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
+from vlmeval_prm.select.strategies import Candidate, get_strategy, pick
 from vlmeval_prm.steps import split_steps
 from vlmeval_prm.store.jsonl import CandidateStore, SampleRecords
+from vlmeval_prm.store.records import CandidateRecord, SampleRecord, ScoreRecord, Summary
 
 log = get_logger(__name__)
 
@@ -77,6 +79,7 @@ class BestOfN(BaseModel):
     def __init__(self, model, n: int = 8, prm: str | None = None, prm_options: dict | None = None,
                  temperature: float = 0.7, top_p: float = 0.95, top_k: int | None = None,
                  max_new_tokens: int | None = None, first_greedy: bool = False, aggregate: str = "mean",
+                 batch_size: int | None = None,
                  max_steps: int = MAX_STEPS, step_prompt: str = DEFAULT_STEP_PROMPT, orm: bool = False,
                  name: str | None = None, **base_kwargs):
         super().__init__()
@@ -87,8 +90,10 @@ class BestOfN(BaseModel):
         self.n, self.aggregate, self.max_steps, self.orm = n, aggregate, max_steps, orm
         self.prm_spec = prm or os.environ.get(SPEC_ENV) or DEFAULT_PRM_SPEC
         self.prm_options = dict(prm_options or {})
+        validate_spec(self.prm_spec, self.prm_options)  # a bad spec fails here, before any sampling
         self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k,
-                                       max_new_tokens=max_new_tokens, first_greedy=first_greedy)
+                                       max_new_tokens=max_new_tokens, first_greedy=first_greedy,
+                                       batch_size=batch_size)
         self.base_name = model if isinstance(model, str) else model.get("class", "custom")
         self.name = name or f"{self.base_name}-BoN{n}"
         self.base = build_base(model, **base_kwargs)
@@ -103,10 +108,17 @@ class BestOfN(BaseModel):
 
     # -- VLMEvalKit model protocol, delegated to the base model -------------------------------
     def use_custom_prompt(self, dataset):
-        return self.base.use_custom_prompt(dataset)
+        """VLMEvalKit asks ``hasattr(model, "use_custom_prompt")`` first; a base without it (GPT4V in
+        ms-vlmeval 0.0.20) gets the dataset's prompt, as it would alone."""
+        use = getattr(self.base, "use_custom_prompt", None)
+        if not callable(use):
+            return False
+        with self.adapter.scope(self.base):  # e.g. InternVL reads USE_COT while deciding
+            return bool(use(dataset))
 
     def build_prompt(self, line, dataset=None):
-        return self.base.build_prompt(line, dataset=dataset)
+        with self.adapter.scope(self.base):
+            return self.base.build_prompt(line, dataset=dataset)
 
     def set_dump_image(self, dump_image_func):
         super().set_dump_image(dump_image_func)
@@ -152,8 +164,8 @@ class BestOfN(BaseModel):
         key = sample_key(dataset, prompt)
         entry = store.get(key)
         if entry.sample is None:
-            store.append({"kind": "sample", "key": key, "dataset": dataset, "question": question,
-                          "images": images, "n": self.n, "policy": self.base_name})
+            store.append(SampleRecord(key=key, dataset=dataset, question=question, images=images, n=self.n,
+                                      policy=self.base_name))
         self._sample_missing(store, entry, key, prompt, dataset)
         self._score_missing(store, entry, key, question, images, "step")
         if self.orm:
@@ -161,14 +173,14 @@ class BestOfN(BaseModel):
         return self._select(entry, key)
 
     def _sample_missing(self, store: CandidateStore, entry: SampleRecords, key: str, prompt, dataset) -> None:
-        missing = [i for i in range(self.n) if entry.candidates.get(i, {}).get("text") is None]
+        missing = [i for i in range(self.n) if entry.text(i) is None]
         if not missing:
             return
         written: set[int] = set()
 
         def write(j: int, s) -> None:  # stored the moment it exists
-            store.append({"kind": "candidate", "key": key, "i": missing[j], "text": s.text, "error": s.error,
-                          "settings": s.settings, "policy": self.base_name})
+            store.append(CandidateRecord(key=key, i=missing[j], text=s.text, error=s.error, settings=s.settings,
+                                         policy=self.base_name))
             written.add(j)
 
         samples = self.adapter.sample(self.base, prompt, dataset, len(missing), self.sampling,
@@ -182,49 +194,49 @@ class BestOfN(BaseModel):
                        images: list[str], mode: str) -> None:
         todo = []
         for i in range(self.n):
-            cand = entry.candidates.get(i)
-            done = entry.score(i, self.prm_spec, mode)
-            if cand is None or cand.get("text") is None or (done is not None and not done.get("retry")):
+            text, done = entry.text(i), entry.score(i, self.prm_spec, mode)
+            if text is None or (done is not None and not done.retry):
                 continue
-            todo.append((i, split_steps(cand["text"], self.max_steps)))
+            todo.append((i, split_steps(text, self.max_steps)))
         if not todo:
             return
         results = self.prm.score(question, images, [steps for _, steps in todo], mode=mode)
         identity = getattr(self.prm, "identity", self.prm_spec)
         for (i, steps), res in zip(todo, results):
-            rec = {"kind": "score", "key": key, "i": i, "prm": self.prm_spec, "mode": mode,
-                   "response_score": response_score(res.scores, self.aggregate) if res.ok else None,
-                   **res.to_record()}
-            rec["meta"] = {**rec["meta"], "identity": identity}
-            rec["retry"] = res.error is not None and bool(steps)  # a step-less candidate stays failed
-            store.append(rec)
+            store.append(ScoreRecord(
+                key=key, i=i, prm=self.prm_spec, mode=mode,
+                response_score=response_score(res.scores, self.aggregate) if res.ok else None,
+                steps=res.steps, step_scores=res.scores, error=res.error, bounds=res.bounds,
+                meta={**res.meta, "identity": identity},
+                retry=res.error is not None and bool(steps)))  # a step-less candidate stays failed
 
     def _select(self, entry: SampleRecords, key: str) -> dict:
-        texts, scores = [], []
-        failures = {"generation": 0, "no_steps": 0, "prm": 0}
-        for i in range(self.n):
-            cand = entry.candidates.get(i, {})
-            rec = entry.score(i, self.prm_spec, "step")
-            texts.append(cand.get("text"))
-            ok = rec is not None and rec.get("error") is None and rec.get("step_scores")
-            scores.append(response_score(rec["step_scores"], self.aggregate) if ok else None)
-            if cand.get("text") is None:
-                failures["generation"] += 1
-            elif rec is not None and not rec.get("steps"):
-                failures["no_steps"] += 1
-            elif not ok:
-                failures["prm"] += 1
+        """The report's rule (``strategies``, ``prm_<aggregate>``): a draw among the best-scored
+        candidates, seeded by the sample key. An unscored candidate (no text, no steps, a failed
+        PRM call, a NaN or inf step score) is never picked over a scored one, and is counted."""
+        texts = [entry.text(i) for i in range(self.n)]
+        records = [entry.score(i, self.prm_spec, "step") for i in range(self.n)]
+        failures = {"generation": 0, "no_steps": 0, "prm": 0, "non_finite": 0}
+        for text, rec in zip(texts, records):
+            reason = "generation" if text is None else "prm" if rec is None else rec.unscored_reason
+            if reason is not None:
+                failures[reason] += 1
         present = [t for t in texts if t is not None]
         duplicates = len(present) - len(set(present))
         if duplicates:
             log.warning("%s: %d of %d candidates are identical to an earlier one (key %s)",
                         self.name, duplicates, len(present), key)
-        valid = [i for i, s in enumerate(scores) if s is not None]
-        chosen = max(valid, key=lambda i: (scores[i], -i)) if valid else None
-        summary = {"key": key, "n": self.n, "chosen": chosen, "scores": scores, "aggregate": self.aggregate,
-                   "prm": self.prm_spec, "failures": failures, "duplicates": duplicates}
+        strategy = get_strategy(f"prm_{self.aggregate}")
+        cands = [Candidate(text=t, answer=None, correct=None, step_scores=r.scores if t is not None and r else None)
+                 for t, r in zip(texts, records)]
+        chosen = pick(strategy, cands, key)
+        summary = Summary(key=key, n=self.n, chosen=chosen, scores=[strategy.value(c) for c in cands],
+                          aggregate=self.aggregate, prm=self.prm_spec, failures=failures,
+                          unscored=sum(failures.values()),
+                          tied=[i for i, p in enumerate(strategy.probabilities(cands)) if p > 0],
+                          duplicates=duplicates)
         if chosen is None:
             prediction = f"{FAIL_MSG} vlmeval-prm: no candidate could be scored ({failures})"
         else:
             prediction = texts[chosen]
-        return {"prediction": prediction, "extra_records": json.dumps(summary)}
+        return {"prediction": prediction, "extra_records": summary.to_json()}

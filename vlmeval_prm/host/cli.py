@@ -1,4 +1,4 @@
-"""``vlmeval-prm``: install the startup hook (editable installs), run the offline demo, report."""
+"""``vlmeval-prm``: run the offline demo, report, (re)install the startup hook."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEMO_ENV, SPEC_ENV
 from vlmeval_prm.store.jsonl import index_records, read_records
 from vlmeval_prm.store.paths import store_file
 
@@ -30,7 +31,8 @@ def hook_source() -> Path:
 
 
 def install_hook(args) -> int:
-    """Wheels install the hook themselves; editable installs get no ``.pth``, so copy it in."""
+    """Copy the hook in again. Every install (``pip install -e .`` too) puts it in site-packages;
+    an editable install holds a copy, so this refreshes it after ``plugins/`` changed."""
     site = Path(args.site_packages or sysconfig.get_paths()["purelib"])
     targets = [site / f"{HOOK}.py", site / f"{HOOK}.pth"]
     if args.remove:
@@ -49,11 +51,12 @@ def install_hook(args) -> int:
 
 
 def demo(args) -> int:
-    """Best-of-4 with the tiny policy and tiny PRM on the shipped mini dataset, through VLMEvalKit."""
+    """Best-of-4 with the tiny policy and tiny PRM on the shipped mini dataset, through VLMEvalKit.
+    The tiny names exist only with ``VLMEVAL_PRM_DEMO=1``, set for this run alone."""
     cmd = [sys.executable, "-m", "vlmeval.run", "--model", args.model, "--data", args.data,
            "--judge", "exact_matching", "--work-dir", args.work_dir, *args.extra]
-    print("running:", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd)
+    print("running:", f"{DEMO_ENV}=1", " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd, env={**os.environ, DEMO_ENV: "1"})
     folder = os.path.join(args.work_dir, args.model)
     store = store_file(folder, args.model, args.data)
     if not os.path.exists(store):
@@ -61,7 +64,7 @@ def demo(args) -> int:
         return rc or 1
     samples = index_records(read_records(store))
     n_cands = sum(len(e.candidates) for e in samples.values())
-    n_scored = sum(1 for e in samples.values() for r in e.scores.values() if r.get("step_scores"))
+    n_scored = sum(1 for e in samples.values() for r in e.scores.values() if r.mode == "step" and r.usable)
     print(f"\ncandidate store: {store}\n  {len(samples)} samples, {n_cands} candidates, {n_scored} scored step by step")
     for path in sorted(glob.glob(os.path.join(folder, f"{args.model}_{args.data}*"))):
         if path != store:
@@ -73,19 +76,61 @@ def demo(args) -> int:
 def report(args) -> int:
     """The Best-of-N table for every --model x --data run under --work-dir; 1 if any run failed."""
     from vlmeval_prm.report.collect import report as build_report
+    from vlmeval_prm.report.paper_table import paper_report
 
     judge_kwargs = json.loads(args.judge_args) if args.judge_args else {}
     if args.nproc is not None:
         judge_kwargs["nproc"] = args.nproc
+    if args.judge_base_url:  # as vlmeval.run's --judge-base-url
+        judge_kwargs["api_base"] = f"{args.judge_base_url.rstrip('/')}/chat/completions"
     runs = [(args.work_dir, m, d) for m in args.model for d in args.data]
     results = build_report(runs, ks=args.ks, judge=args.judge, judge_kwargs=judge_kwargs)
+    paper_report(results, ks=args.ks)  # every benchmark of a model in one table, and the scaling plot
     return int(any("error" in r for r in results.values()))
+
+
+def serve(args) -> int:
+    """Best-of-N behind an OpenAI-compatible HTTP API (``vlmeval_prm.host.serve``)."""
+    from vlmeval_prm.host.serve import API_KEY_ENV, ServeOptions
+    from vlmeval_prm.host.serve import serve as run_server
+
+    if args.demo and (args.model or args.config or args.prm or args.n):
+        print("--demo serves the tiny demo model and PRM: drop --model/--config/--prm/--n", file=sys.stderr)
+        return 2
+    opts = ServeOptions(model=DEMO_MODEL if args.demo else args.model, config=args.config, n=args.n, prm=args.prm,
+                        demo=args.demo, store_dir=args.store_dir, max_concurrency=args.max_concurrency,
+                        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                        allow_remote_images=args.allow_remote_images, image_root=args.image_root)
+    try:
+        return run_server(opts, host=args.host, port=args.port)
+    except (OSError, ValueError) as exc:
+        print(f"vlmeval-prm serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def models(args) -> int:
+    """Every ``supported_VLM`` name (other plugins' too) with its class and sampling route, taken from
+    the adapter registry that Best-of-N uses; the Best-of-N names themselves are left out."""
+    from vlmeval.config import supported_VLM
+
+    from vlmeval_prm.policy.catalog import model_routes
+
+    rows = model_routes(supported_VLM)
+    if args.json:
+        print(json.dumps([r.to_record() for r in rows], indent=1))
+        return 0
+    width = max((len(r.name) for r in rows), default=4)
+    for r in rows:
+        print(f"{r.name:<{width}}  {r.cls:<24}  {r.route:<12}  {r.reason}")
+    ok = sum(r.route != "unsupported" for r in rows)
+    print(f"\n{ok} of {len(rows)} names can sample ({100 * ok / max(len(rows), 1):.0f}%)")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vlmeval-prm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("install-hook", help="install the VLMEvalKit plugin startup hook (.pth) into site-packages")
+    p = sub.add_parser("install-hook", help="copy the VLMEvalKit plugin startup hook (.pth) into site-packages again")
     p.add_argument("--remove", action="store_true")
     p.add_argument("--site-packages", help="target directory (default: this interpreter's purelib)")
     p.set_defaults(func=install_hook)
@@ -101,9 +146,29 @@ def main(argv=None) -> int:
     p.add_argument("--data", nargs="+", required=True, help="dataset names of the runs")
     p.add_argument("--judge", help="judge for the dataset's evaluate() (default: the one the run used)")
     p.add_argument("--judge-args", help="JSON object of further judge settings, as in vlmeval.run")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible judge server, e.g. http://127.0.0.1:23334/v1 "
+                                            "(default: $OPENAI_API_BASE, as in VLMEvalKit)")
     p.add_argument("--nproc", type=int, help="judge parallelism (default 4)")
     p.add_argument("--ks", type=int, nargs="+", help="values of N (default: 1, 2, 4, ... up to the run's N, and N)")
     p.set_defaults(func=report)
+    p = sub.add_parser("serve", help="Best-of-N behind an OpenAI-compatible API (/v1/chat/completions)")
+    p.add_argument("--model", help="a supported_VLM name (wrapped in Best-of-N) or a -BoN<N> name")
+    p.add_argument("--config", help="VLMEvalKit --config JSON; --model picks one of its models")
+    p.add_argument("--demo", action="store_true", help=f"serve the tiny offline demo ({DEMO_MODEL}) on CPU")
+    p.add_argument("--n", type=int, help="N when --model is a base model (default 8)")
+    p.add_argument("--prm", help=f"PRM spec (default: ${SPEC_ENV} or {DEFAULT_PRM_SPEC})")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (logged)")
+    p.add_argument("--max-concurrency", type=int, default=8,
+                   help="requests in work at once with an API policy and a served PRM (else one at a time)")
+    p.add_argument("--api-key", help="require this Bearer key (default: $VLMEVAL_PRM_API_KEY; none: open)")
+    p.add_argument("--store-dir", help="candidate store folder (default: $VLMEVAL_PRM_STORE_DIR or outputs/<model>)")
+    p.add_argument("--allow-remote-images", action="store_true", help="let requests name http(s) image URLs")
+    p.add_argument("--image-root", help="let requests name file:// image URLs inside this folder")
+    p.set_defaults(func=serve)
+    p = sub.add_parser("models", help="every VLMEvalKit model name with its Best-of-N sampling route")
+    p.add_argument("--json", action="store_true", help="a JSON array of {name, class, route, reason}")
+    p.set_defaults(func=models)
     args = parser.parse_args(argv)
     return args.func(args)
 

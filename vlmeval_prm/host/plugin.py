@@ -1,7 +1,8 @@
 """Registration into VLMEvalKit's own registries, run by the startup hook after ``vlmeval.config``.
 
 Adds: ``<name>-BoN<N>`` for every model in ``supported_VLM`` (N in ``BON_SIZES``); the tiny local
-models; the plugin's datasets (first in ``DATASET_CLASSES`` so their names resolve to them);
+models, only when ``VLMEVAL_PRM_DEMO=1`` (``vlmeval-prm demo`` and the tests set it); the plugin's
+datasets (first in ``DATASET_CLASSES`` so their names resolve to them);
 ``BestOfN``/``TransformersChat``/``PRMJudge`` as ``vlmeval.vlm`` attributes for ``--config`` JSON.
 """
 
@@ -13,10 +14,14 @@ import os
 import sys
 from functools import partial
 
-from vlmeval_prm.constants import DEFAULT_PRM_SPEC, OPTIONS_ENV, SPEC_ENV
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEMO_ENV, OPTIONS_ENV, SPEC_ENV
+from vlmeval_prm.logs import get_logger
+
+log = get_logger(__name__)
 
 BON_SIZES = (2, 4, 8, 16, 32, 64)
 TINY_POLICY = "VLMEvalPRM-TinyPolicy"
+TINY_PRM = "VLMEvalPRM-TinyPRM"
 TINY_PRM_SPEC = "transformers:tiny:prm"
 
 
@@ -50,11 +55,17 @@ PRMJudge = LazyClass("vlmeval_prm.host.prm_judge:PRMJudge")
 #: Models that are PRMs, not policies: no Best-of-N names for them. ``VLMEVAL_PRM_SPEC`` overrides the spec.
 PRM_MODELS = {
     "VisualPRM-8B": partial(PRMJudge, prm=DEFAULT_PRM_SPEC, spec_env=SPEC_ENV),
-    "VLMEvalPRM-TinyPRM": partial(PRMJudge, prm=TINY_PRM_SPEC, spec_env=SPEC_ENV),
+    TINY_PRM: partial(PRMJudge, prm=TINY_PRM_SPEC, spec_env=SPEC_ENV),
 }
 POLICY_MODELS = {
     TINY_POLICY: partial(TransformersChat, model_path="tiny:policy", max_new_tokens=48),
 }
+#: The demo's tiny random models: not for real use, so absent unless the demo asks for them.
+DEMO_MODELS = frozenset({TINY_POLICY, TINY_PRM})
+
+
+def demo_enabled() -> bool:
+    return os.environ.get(DEMO_ENV) == "1"
 
 
 def bon_name(base: str, n: int) -> str:
@@ -73,8 +84,10 @@ def bon_options() -> dict:
 
 
 def register_models(supported_VLM: dict) -> None:
+    demo = demo_enabled()
     for name, factory in {**POLICY_MODELS, **PRM_MODELS}.items():
-        supported_VLM.setdefault(name, factory)
+        if demo or name not in DEMO_MODELS:
+            supported_VLM.setdefault(name, factory)
 
 
 def register_bon(supported_VLM: dict) -> None:
@@ -116,7 +129,7 @@ def wrap_inference() -> None:
 
 
 def register() -> None:
-    """Entry point of group ``vlmeval.plugins``. Each part fails alone, with one warning line."""
+    """Entry point of group ``vlmeval.plugins``. Each part fails alone, with one logged error."""
     from vlmeval.config import supported_VLM
 
     steps = (partial(register_models, supported_VLM), register_classes, register_datasets, wrap_inference,
@@ -125,8 +138,7 @@ def register() -> None:
         try:
             step()
         except Exception as exc:
-            name = getattr(step, "func", step).__name__
-            sys.stderr.write(f"[vlmeval-prm] {name} failed: {type(exc).__name__}: {exc}\n")
+            log.error("%s failed: %s: %s", getattr(step, "func", step).__name__, type(exc).__name__, exc)
 
 
 # BoN names are derived from every model, including other plugins': run after them.

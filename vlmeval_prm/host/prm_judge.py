@@ -14,8 +14,9 @@ from functools import partial
 from vlmeval.smp.file import INFER_FAIL_MSG
 from vlmeval.vlm.base import BaseModel
 
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC
 from vlmeval_prm.datasets.visualprocessbench import VisualProcessBench
-from vlmeval_prm.prm import PRMScorer, build_scorer
+from vlmeval_prm.prm import PRMScorer, build_scorer, validate_spec
 
 #: Key of the JSON text item that carries the question and steps from build_prompt to generate_inner.
 PAYLOAD_KEY = "vlmeval_prm_steps"
@@ -35,8 +36,11 @@ class PRMJudge(BaseModel):
         super().__init__()
         prm = (os.environ.get(spec_env) if spec_env else None) or prm
         if prm is None:
-            raise ValueError("PRMJudge needs a PRM spec, e.g. prm='lmdeploy:http://127.0.0.1:23333'")
-        self.scorer = prm if isinstance(prm, PRMScorer) else build_scorer(prm, **options)
+            raise ValueError(f"PRMJudge needs a PRM spec, e.g. prm={DEFAULT_PRM_SPEC!r}")
+        if not isinstance(prm, PRMScorer):
+            validate_spec(prm, options)  # a bad spec fails here, not at the first sample
+            prm = build_scorer(prm, **options)
+        self.scorer = prm
 
     def use_custom_prompt(self, dataset: str | None) -> bool:
         return dataset in VisualProcessBench.supported_datasets()

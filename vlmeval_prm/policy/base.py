@@ -2,9 +2,15 @@
 
 VLMEvalKit wrappers keep their generation settings in per-family places (``self.kwargs``,
 ``self.generate_kwargs``, values hard-coded inside ``generate_inner``), and API wrappers take them
-per request. An adapter knows where one family keeps them, samples N candidates with the requested
-settings and leaves the model as it found it. The registry is keyed by class *name* (matched along
-the MRO) so that importing this module does not import vlmeval.
+per request. An adapter knows where one family's settings reach the engine, samples N candidates
+with the requested settings and leaves the model as it found it.
+
+The registry is keyed by class *name*, matched along the MRO (so importing this module does not
+import vlmeval). ``BaseModel`` and ``BaseAPI`` themselves are registered too: every local class
+without an adapter of its own gets the generic transformers route, every API class without one is
+reported unsupported. One function, ``SamplingAdapter.route``, decides what happens to a model: it
+reads a built model or a not-yet-built :class:`ModelSpec` (class + constructor kwargs) alike, so
+``vlmeval-prm models`` reports the route that runs.
 
 Local adapters change model state for the duration of one call: they are not thread-safe, which
 is fine because VLMEvalKit runs a local model one call at a time. API adapters change nothing on
@@ -15,12 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SamplingConfig", "Sample", "SamplingAdapter", "UnsupportedPolicyError",
-           "register_adapter", "get_adapter", "supported_families"]
+__all__ = ["SamplingConfig", "Sample", "Route", "ModelSpec", "SamplingAdapter", "UnsupportedPolicyError",
+           "ROUTES", "register_adapter", "adapter_class", "get_adapter", "route_of", "supported_families"]
+
+#: What ``vlmeval-prm models`` reports: N candidates in one engine call; one API request with n=N;
+#: N concurrent API requests; N calls one after another; cannot sample.
+ROUTES = ("batched", "api-n", "api-parallel", "sequential", "unsupported")
+
+#: Keys of a Sample's ``settings``, in family-neutral names (None = left to the model or server).
+SETTING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens")
 
 
 @dataclass
@@ -29,7 +44,10 @@ class SamplingConfig:
 
     ``top_k=None`` means no top-k cut-off: local families get ``top_k=0`` (which also undoes
     VLMEvalKit's ``top_k=1`` for Qwen2-VL); API requests omit ``top_k``, so the server's
-    default applies. ``max_new_tokens=None`` keeps the model's own limit.
+    default applies. ``max_new_tokens=None`` keeps the model's own limit, except where a family
+    caps it below what a step-by-step answer needs (the adapter then raises it to
+    ``reasoning_tokens``). ``batch_size``: at most this many candidates per engine call on the
+    batched routes (None: all N in one call).
     """
 
     temperature: float = 0.7  # paper default
@@ -37,6 +55,8 @@ class SamplingConfig:
     top_k: int | None = None
     max_new_tokens: int | None = None
     first_greedy: bool = False  # candidate 0 greedy, as VLMEvalKit's built-in BoN does
+    batch_size: int | None = None
+    reasoning_tokens: int = 2048
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -47,6 +67,10 @@ class SamplingConfig:
             raise ValueError(f"top_k must be None or >= 2 (top_k=1 is greedy), got {self.top_k}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be None or >= 1, got {self.max_new_tokens}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be None or >= 1, got {self.batch_size}")
+        if self.reasoning_tokens < 1:
+            raise ValueError(f"reasoning_tokens must be >= 1, got {self.reasoning_tokens}")
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -67,6 +91,66 @@ class Sample:
 
     def to_record(self) -> dict:
         return {"text": self.text, "error": self.error, "settings": self.settings}
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a model samples (one of ROUTES) and why, in words for ``vlmeval-prm models``."""
+
+    route: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
+
+    @property
+    def can_sample(self) -> bool:
+        return self.route != "unsupported"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model that is not built: its class and constructor kwargs (a ``supported_VLM`` partial or a
+    ``--config`` dict). ``get`` answers like ``getattr`` on the built model would for settings that
+    are constructor arguments: the given kwarg, else the constructor's default, else a class attribute."""
+
+    cls: type
+    kwargs: dict = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in self.kwargs:
+            return self.kwargs[name]
+        defaults = _init_defaults(self.cls)
+        if name in defaults:
+            return defaults[name]
+        return getattr(self.cls, name, default)
+
+
+@functools.cache
+def _init_defaults(cls: type) -> dict:
+    out: dict = {}
+    for klass in reversed(cls.__mro__):
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        out.update((p.name, p.default) for p in params if p.default is not inspect.Parameter.empty)
+    return out
+
+
+def attr(model: Any, name: str, default: Any = None) -> Any:
+    """A setting of a built model or of a ModelSpec."""
+    if isinstance(model, ModelSpec):
+        return model.get(name, default)
+    return getattr(model, name, default)
+
+
+def model_class(model: Any) -> type:
+    return model.cls if isinstance(model, ModelSpec) else type(model)
 
 
 class UnsupportedPolicyError(ValueError):
@@ -96,22 +180,37 @@ def supported_families() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def adapter_class(cls: type) -> type[SamplingAdapter] | None:
+    """The adapter of the nearest registered class in ``cls``'s MRO, or None."""
+    for klass in cls.__mro__:
+        adapter_cls = _REGISTRY.get(klass.__name__)
+        if adapter_cls is not None:
+            return adapter_cls
+    return None
+
+
+def route_of(model: Any) -> tuple[SamplingAdapter | None, Route]:
+    """(adapter, route) of a built model or a ModelSpec, without raising."""
+    adapter_cls = adapter_class(model_class(model))
+    if adapter_cls is None:
+        return None, Route("unsupported", f"{describe(model)} is not a VLMEvalKit model class")
+    adapter = adapter_cls()
+    return adapter, adapter.route(model)
+
+
 def get_adapter(model: Any) -> SamplingAdapter:
     """The adapter of the nearest registered class in the model's MRO, after checking that this
     model's configuration can sample; raises UnsupportedPolicyError otherwise."""
-    for klass in type(model).__mro__:
-        adapter_cls = _REGISTRY.get(klass.__name__)
-        if adapter_cls is not None:
-            adapter = adapter_cls()
-            adapter.check(model)
-            return adapter
-    raise UnsupportedPolicyError(
-        f"{describe(model)} has no sampling adapter, so Best-of-N would get N identical greedy "
-        f"answers; supported families: {', '.join(supported_families())}")
+    adapter, route = route_of(model)
+    if adapter is None or not route.can_sample:
+        raise UnsupportedPolicyError(
+            f"{describe(model)} cannot sample, so Best-of-N would get N identical greedy answers: {route.reason}")
+    adapter.check(model)
+    return adapter
 
 
 def describe(model: Any) -> str:
-    cls = type(model)
+    cls = model_class(model)
     return f"{cls.__name__} ({cls.__module__})"
 
 
@@ -136,16 +235,28 @@ def patched_items(target: dict, updates: dict) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def rewritten_call(obj: Any, method: str, rewrite: Callable[[dict], dict]) -> Iterator[None]:
-    """Shadow ``obj.method`` with an instance attribute that rewrites its keyword arguments, for
-    families that hard-code settings at the call site; the instance attribute goes away afterwards."""
+def patched_attrs(obj: Any, updates: dict) -> Iterator[None]:
+    """Set attributes; afterwards restore them (removing those that were not instance attributes)."""
+    own = vars(obj)
+    saved = {k: own.get(k, _MISSING) for k in updates}
+    for k, v in updates.items():
+        setattr(obj, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is _MISSING:
+                delattr(obj, k)
+            else:
+                setattr(obj, k, v)
+
+
+@contextlib.contextmanager
+def shadowed(obj: Any, method: str, make: Callable[[Callable], Callable]) -> Iterator[None]:
+    """Shadow ``obj.method`` with an instance attribute ``make(original)`` for one call; the
+    instance attribute goes away afterwards (or the one that was there comes back)."""
     own = vars(obj).get(method, _MISSING)
-    original = getattr(obj, method)
-
-    def call(*args, **kwargs):
-        return original(*args, **rewrite(kwargs))
-
-    setattr(obj, method, call)
+    setattr(obj, method, make(getattr(obj, method)))
     try:
         yield
     finally:
@@ -155,34 +266,17 @@ def rewritten_call(obj: Any, method: str, rewrite: Callable[[dict], dict]) -> It
             setattr(obj, method, own)
 
 
-class PipelineProxy:
-    """Stands in for an lmdeploy pipeline during one call and sets fields of the GenerationConfig
-    it is given (VLMEvalKit builds that config inside generate_inner, often without do_sample,
-    which lmdeploy then treats as greedy)."""
+def rewritten_call(obj: Any, method: str, rewrite: Callable[[dict], dict]) -> contextlib.AbstractContextManager:
+    """Shadow ``obj.method`` with a call that rewrites its keyword arguments, for families that
+    hard-code settings at the call site."""
 
-    def __init__(self, pipe: Any, fields: dict):
-        self._pipe, self._fields = pipe, fields
+    def make(original: Callable) -> Callable:
+        def call(*args, **kwargs):
+            return original(*args, **rewrite(kwargs))
 
-    def __call__(self, *args, gen_config=None, **kwargs):
-        if gen_config is None:
-            raise TypeError("lmdeploy pipeline called without gen_config; cannot apply sampling settings")
-        gen_config = copy.copy(gen_config)
-        for key, value in self._fields.items():
-            setattr(gen_config, key, value)
-        return self._pipe(*args, gen_config=gen_config, **kwargs)
+        return call
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipe, name)
-
-
-@contextlib.contextmanager
-def lmdeploy_pipeline(model: Any, fields: dict) -> Iterator[None]:
-    pipe = model.model
-    model.model = PipelineProxy(pipe, fields)
-    try:
-        yield
-    finally:
-        model.model = pipe
+    return shadowed(obj, method, make)
 
 
 def as_text(raw: Any) -> str:
@@ -199,6 +293,10 @@ def as_text(raw: Any) -> str:
     return raw
 
 
+def failed(exc: BaseException, settings: dict) -> Sample:
+    return Sample(text=None, error=f"{type(exc).__name__}: {exc}", settings=settings)
+
+
 # -- adapters -----------------------------------------------------------------------------------
 
 class SamplingAdapter:
@@ -211,8 +309,16 @@ class SamplingAdapter:
     #: What ``SamplingConfig.top_k=None`` is sent as: 0 (no cut-off) or None (not sent).
     top_k_off: int | None = 0
 
+    def route(self, model: Any) -> Route:
+        """What sampling ``model`` (built, or a ModelSpec) gets; the one place this is decided."""
+        where = f"self.{self.settings_attr}" if self.settings_attr else "the family's settings"
+        return Route("sequential", f"{self.name}: N generate calls, sampling settings set in {where}")
+
     def check(self, model: Any, dataset: str | None = None) -> None:
-        """Raise UnsupportedPolicyError when this model, as configured, cannot sample."""
+        """Raise UnsupportedPolicyError when this built model, as configured, cannot sample."""
+        route = self.route(model)
+        if not route.can_sample:
+            raise UnsupportedPolicyError(f"{describe(model)}: {route.reason}")
         if self.settings_attr is not None and not isinstance(getattr(model, self.settings_attr, None), dict):
             raise UnsupportedPolicyError(
                 f"{describe(model)} has no dict attribute {self.settings_attr!r} holding its "
@@ -256,20 +362,37 @@ class SamplingAdapter:
         self.check(model, dataset)
         greedy_first = cfg.first_greedy if greedy_first is None else greedy_first
         out = []
-        for i in range(n):
-            settings = self.settings(cfg, greedy=greedy_first and i == 0)
-            try:
-                # a fresh copy per call: VLMEvalKit's generate edits message items in place
-                text = self.generate_one(model, copy.deepcopy(message), dataset, settings)
-            except Exception as exc:  # one candidate's failure must not cost the others
-                out.append(Sample(text=None, error=f"{type(exc).__name__}: {exc}", settings=settings))
-            else:
-                out.append(Sample(text=text, error=None, settings=settings))
-            if on_sample is not None:
-                on_sample(i, out[-1])
+        with self.scope(model), self.raw_text(model):
+            for i in range(n):
+                settings = self.settings(cfg, greedy=greedy_first and i == 0)
+                try:
+                    # a fresh copy per call: VLMEvalKit's generate edits message items in place
+                    text = self.generate_one(model, copy.deepcopy(message), dataset, settings)
+                except Exception as exc:  # one candidate's failure must not cost the others
+                    out.append(failed(exc, settings))
+                else:
+                    out.append(Sample(text=text, error=None, settings=settings))
+                if on_sample is not None:
+                    on_sample(i, out[-1])
         return out
 
     def enable_cot(self, model: Any) -> bool:
         """Switch on the family's own chain-of-thought mode; False when it has none (the caller
-        then appends a step-by-step instruction)."""
+        then appends a step-by-step instruction). Process-wide switches (environment variables)
+        are not set here but by ``scope``."""
         return False
+
+    def scope(self, model: Any) -> contextlib.AbstractContextManager:
+        """Process-wide state the family reads while building prompts or generating (e.g.
+        InternVL's USE_COT), set only for the duration of such a call."""
+        return contextlib.nullcontext()
+
+    def raw_text(self, model: Any) -> contextlib.AbstractContextManager:
+        """While active, the model returns its full reply instead of an extracted answer (families
+        that trim a chain-of-thought reply to its final answer inside ``generate``)."""
+        return contextlib.nullcontext()
+
+    def final_answer(self, model: Any, text: str, dataset: str | None) -> str:
+        """The answer the base model itself would return for its full reply ``text`` (its own
+        CoT answer extraction); identity for families that extract nothing."""
+        return text

@@ -10,7 +10,7 @@ from vlmeval.vlm.base import BaseModel
 
 from vlmeval_prm.counters import bump
 from vlmeval_prm.loading import load_images, load_model_and_processor, message_parts
-from vlmeval_prm.policy.base import Sample, SamplingAdapter, SamplingConfig, register_adapter
+from vlmeval_prm.policy.base import Route, Sample, SamplingAdapter, SamplingConfig, register_adapter
 
 
 class TransformersChat(BaseModel):
@@ -67,13 +67,17 @@ class TransformersChat(BaseModel):
 
 @register_adapter("TransformersChat")
 class HFChatAdapter(SamplingAdapter):
-    """Candidate 0 greedy when asked (one extra call); all other candidates in one call."""
+    """Candidate 0 greedy when asked (one extra call); the others in one call per ``batch_size``."""
 
     name = "hf_chat_batched"
+
+    def route(self, model) -> Route:
+        return Route("batched", f"{self.name}: N candidates from one generate call with num_return_sequences=N")
 
     def sample(self, model, message, dataset, n, cfg: SamplingConfig, greedy_first=None, on_sample=None):
         greedy_first = cfg.first_greedy if greedy_first is None else greedy_first
         plan = [(1, self.settings(cfg, greedy=True))] if greedy_first else []
-        if n > len(plan):
-            plan.append((n - len(plan), self.settings(cfg, greedy=False)))
+        rest, sampled = n - len(plan), self.settings(cfg, greedy=False)
+        step = cfg.batch_size or max(rest, 1)
+        plan += [(min(step, rest - k), sampled) for k in range(0, rest, step)]
         return model.sample_n(model.preproc_content(message), plan)

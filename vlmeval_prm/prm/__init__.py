@@ -1,21 +1,32 @@
 """PRM backends behind one interface, chosen by a spec string ``<backend>:<target>``.
 
-``transformers:/path/or/hub-id`` loads the PRM in-process; ``lmdeploy:http://host:23333`` (several
-URLs separated by commas, or the URL of ``lmdeploy serve proxy``) talks to served PRMs.
+``transformers:/path/or/hub-id`` loads the PRM in-process (HF-native or remote-code InternVL
+checkpoints); ``lmdeploy:http://host:23333`` (several URLs separated by commas) talks to served PRMs.
 A spec without a backend prefix is taken as ``transformers:<spec>``.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import re
 
+from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed  # noqa: F401  (the public interface)
+
+log = get_logger(__name__)
 
 #: backend name -> "module:Class"; imported only when used so no backend's dependencies load early.
 BACKENDS: dict[str, str] = {
     "transformers": "vlmeval_prm.prm.hf_backend:TransformersPRM",
     "lmdeploy": "vlmeval_prm.prm.lmdeploy_backend:LMDeployPRM",
 }
+
+#: A hub model id: "name" or "owner/name" (what is not a local directory must look like this).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: Seconds the spec check waits for a PRM server's /health before logging that scoring will wait.
+REACHABLE_TIMEOUT = 2.0
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -29,8 +40,75 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return backend, target
 
 
+def _backend_class(backend: str) -> type:
+    module, _, cls = BACKENDS[backend].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def build_scorer(spec: str, **options) -> PRMScorer:
     """Build the PRM named by ``spec``; ``options`` go to the backend (e.g. system_prompt, batch_size)."""
     backend, target = parse_spec(spec)
-    module, _, cls = BACKENDS[backend].partition(":")
-    return getattr(importlib.import_module(module), cls)(target, **options)
+    return _backend_class(backend)(target, **options)
+
+
+def validate_spec(spec: str, options: dict | None = None) -> None:
+    """Check a PRM spec and its options before any expensive work (sampling, loading a model).
+
+    An unknown backend, an option the backend does not take, a malformed server URL, or a local
+    checkpoint path that does not exist raises ``ValueError`` naming the spec. A server that does
+    not answer yet is not an error: it is logged, and scoring waits for it (``startup_timeout``).
+    """
+    try:
+        backend, target = parse_spec(spec)
+        params = list(inspect.signature(_backend_class(backend).__init__).parameters)[2:]  # self, target
+        unknown = sorted(set(options or {}) - set(params))
+        if unknown:
+            raise ValueError(f"the {backend} backend takes no option {', '.join(map(repr, unknown))} "
+                             f"(it takes {', '.join(params)})")
+        if (options or {}).get("template") is not None:
+            from vlmeval_prm.prm.conversation import chat_template
+
+            chat_template(options["template"])
+        _CHECKS[backend](target, options or {})
+    except ValueError as exc:
+        raise ValueError(f"PRM spec {spec!r}: {exc}") from None
+
+
+def _check_checkpoint(target: str, options: dict) -> None:
+    if target.startswith("tiny:"):
+        from vlmeval_prm.tiny import TINY_ROLES
+
+        if target[5:] not in TINY_ROLES:
+            raise ValueError(f"no tiny model {target[5:]!r}; there are {list(TINY_ROLES)}")
+        return
+    path = os.path.expanduser(target)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} has no config.json: not a model checkpoint")
+        return
+    if not _HUB_ID.match(target) or target.startswith("."):
+        raise ValueError(f"no such checkpoint directory: {path}")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(target, "config.json"), str):
+            raise ValueError(f"{target} is neither a local directory nor in the hub cache (HF_HUB_OFFLINE is set)")
+
+
+def _check_servers(target: str, options: dict) -> None:
+    import httpx
+
+    from vlmeval_prm.prm.lmdeploy_backend import MODES, server_urls
+
+    if options.get("mode", "auto") not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {options['mode']!r}")
+    for url in server_urls(target):
+        try:
+            httpx.get(f"{url}/health", timeout=REACHABLE_TIMEOUT)
+        except httpx.TransportError as exc:
+            log.warning("PRM server %s does not answer yet (%s); scoring will wait up to %.0fs for it",
+                        url, type(exc).__name__, options.get("startup_timeout", 600.0))
+
+
+#: backend -> check of its target (and options), run by validate_spec.
+_CHECKS = {"transformers": _check_checkpoint, "lmdeploy": _check_servers}

@@ -7,6 +7,7 @@ many concurrent requests from any caller, including one that is itself inside a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
@@ -26,11 +27,13 @@ T = TypeVar("T")
 #: event, which cost ~4 ms of CPU per request at 32 connections; small pools keep that negligible.
 CONNECTIONS_PER_POOL = 8
 
-#: Statuses worth another try: the server failed or cancelled, the request was fine. Other 4xx
-#: (400 invalid or too long, 401 key, 404 model, 409 conflict) fail the same way every time.
+#: What ``health`` reports for a server without the /health route (e.g. ``lmdeploy serve proxy``).
+NO_HEALTH_ROUTE = "has no /health route (HTTP 404)"
 #: Seconds between two "still waiting" lines while a server loads.
 WAIT_REPORT_INTERVAL = 30.0
 
+#: Statuses worth another try: the server failed or cancelled, the request was fine. Other 4xx
+#: (400 invalid or too long, 401 key, 404 model, 409 conflict) fail the same way every time.
 RETRY_STATUSES = frozenset({499, 500, 502, 503, 504})
 
 
@@ -130,13 +133,30 @@ class AsyncJSONClient:
             except RequestFailed as exc:
                 if not exc.retryable or attempt == self.max_retries:
                     raise
-                delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+                delay = self.retry_delay(attempt)
                 log.warning("%s; retry %d/%d in %.1fs", exc, attempt + 1, self.max_retries, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before retry ``attempt + 1``: jittered exponential backoff."""
+        return min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+
     async def _once(self, method: str, url: str, payload: dict | None, events: bool) -> Any:
+        async with self.slot() as pool:
+            return await self.send(pool, method, url, payload, events)
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """One of the ``concurrency`` request slots (a connection pool index) for the block."""
         pool = await self._slots.get()
+        try:
+            yield pool
+        finally:
+            self._slots.put_nowait(pool)
+
+    async def send(self, pool: int, method: str, url: str, payload: dict | None = None, events: bool = False) -> Any:
+        """One attempt over connection pool ``pool`` (from :meth:`slot`); raises ``RequestFailed``."""
         try:
             self.sent += 1
             resp = await self._pools[pool].request(method, url, json=payload)
@@ -145,8 +165,6 @@ class AsyncJSONClient:
         except httpx.TransportError as exc:
             raise RequestFailed(f"{method} {url} failed: connection error ({type(exc).__name__}: {exc})",
                                 retryable=True) from None
-        finally:
-            self._slots.put_nowait(pool)
         if resp.status_code >= 400:
             raise RequestFailed(f"{method} {url} answered HTTP {resp.status_code} ({_error_text(resp)})",
                                 status=resp.status_code, retryable=resp.status_code in RETRY_STATUSES)
@@ -154,6 +172,18 @@ class AsyncJSONClient:
             return _events(resp.text, f"{method} {url}") if events else resp.json()
         except ValueError:
             raise RequestFailed(f"{method} {url} answered with a body that is not JSON: {resp.text[:200]!r}") from None
+
+    async def health(self, base_url: str, timeout: float) -> str | None:
+        """None when ``/health`` answers 200 within ``timeout`` s, else what went wrong (one attempt)."""
+        try:
+            resp = await self._pools[0].get(f"{base_url}/health", timeout=timeout)
+        except httpx.TimeoutException:
+            return f"/health did not answer within {timeout:g}s"
+        except httpx.TransportError as exc:
+            return f"cannot connect ({type(exc).__name__})"
+        if resp.status_code == 404:
+            return f"{NO_HEALTH_ROUTE} ({_error_text(resp)})"
+        return None if resp.status_code == 200 else f"/health answered HTTP {resp.status_code} ({_error_text(resp)})"
 
     async def wait_healthy(self, base_url: str, timeout: float, interval: float = 1.0,
                            report_every: float = WAIT_REPORT_INTERVAL) -> None:
@@ -163,15 +193,17 @@ class AsyncJSONClient:
         start = time.monotonic()
         next_report = start
         while True:
-            try:
-                resp = await self._pools[0].get(f"{base_url}/health", timeout=min(10.0, max(timeout, 0.1)))
-                if resp.status_code == 200:
-                    if next_report > start:
-                        log.info("LMDeploy server at %s is up", base_url)
-                    return
-                last = f"/health answered HTTP {resp.status_code} ({_error_text(resp)})"
-            except httpx.TransportError as exc:
-                last = f"cannot connect ({type(exc).__name__})"
+            last = await self.health(base_url, min(10.0, max(timeout, 0.1)))
+            if last is not None and last.startswith(NO_HEALTH_ROUTE):
+                raise RuntimeError(
+                    f"{base_url} {last}: it is not an LMDeploy api_server. `lmdeploy serve proxy` routes only "
+                    "/v1/chat/completions, /v1/completions and /v1/models, not the /health, /v1/encode and "
+                    "/generate the PRM client needs: list the api_servers in the spec instead "
+                    "(lmdeploy:http://a:23333,http://b:23333); the client balances them itself.")
+            if last is None:
+                if next_report > start:
+                    log.info("LMDeploy server at %s is up", base_url)
+                return
             now = time.monotonic()
             if now - start >= timeout:
                 raise RuntimeError(

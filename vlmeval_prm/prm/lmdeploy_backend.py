@@ -30,17 +30,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import math
 import mimetypes
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
-from vlmeval_prm.prm.conversation import PRMFormat, build_messages, first_user_text
+from vlmeval_prm.prm.conversation import (
+    PRM_SYSTEM_PROMPT,
+    PRMFormat,
+    build_conversation,
+    chat_messages,
+    chat_template,
+    render_prompt,
+)
 from vlmeval_prm.prm.http import AsyncJSONClient, LoopThread, RequestFailed
+from vlmeval_prm.prm.pool import Server, ServerPool
 
 log = get_logger(__name__)
 
@@ -53,32 +60,24 @@ CHAT_MAX_TOP_LOGPROBS = 20
 GENERATE_TOP_LOGPROBS = 5
 #: Rows kept before the measured shared prefix ends, in case its last tokens merge with what follows.
 PREFIX_MARGIN = 8
+#: Seconds the other servers get to be ready once the first one is; later ones join in the background.
+JOIN_GRACE = 5.0
 
 
-@dataclass(frozen=True)
-class ChatMarkers:
-    """How the PRM's chat template frames a turn, for /generate prompts rendered by the client.
-
-    Defaults are ChatML as in InternVL2.5 / VisualPRM (and the tiny test model):
-    ``<|im_start|>{role}\\n{content}<|im_end|>\\n``. ``image`` stands where the HF template puts
-    an image; LMDeploy expands ``<IMAGE_TOKEN>`` to ``<img>`` + image tokens + ``</img>``.
-    """
-
-    turn_start: str = "<|im_start|>"
-    role_end: str = "\n"
-    turn_end: str = "<|im_end|>\n"
-    image: str = IMAGE_TOKEN + "\n"
-
-    def header(self, role: str) -> str:
-        return f"{self.turn_start}{role}{self.role_end}"
-
-    def render(self, messages: list[dict]) -> str:
-        """The prompt for ``build_messages`` output (HF-style content parts)."""
-        out = []
-        for m in messages:
-            body = "".join(self.image if p["type"] == "image" else p["text"] for p in m["content"])
-            out.append(f"{self.header(m['role'])}{body}{self.turn_end}")
-        return "".join(out)
+def server_urls(target: str) -> list[str]:
+    """The server URLs of an ``lmdeploy:`` spec target (comma-separated); raises on a malformed one."""
+    urls = [u.strip().rstrip("/") for u in target.split(",") if u.strip()]
+    if not urls:
+        raise ValueError(f"no server URL in {target!r}")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http(s)://host[:port] URL")
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number)
+        except ValueError as exc:
+            raise ValueError(f"{url!r}: {exc}") from None
+    return urls
 
 
 def two_way(lp_good: float | None, lp_bad: float | None, cutoff: float) -> tuple[float, str | None] | None:
@@ -126,77 +125,71 @@ def image_data_url(path: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-@dataclass
-class _Server:
-    """What the client learned about one api_server when it started."""
-
-    url: str
-    model: str
-    mode: str
-    pattern: list[int]  # token ids of the assistant header followed by the "+" label
-    bad_id: int
-
-
 class LMDeployPRM(PRMScorer):
     """PRMScorer over one or more LMDeploy api_servers (``target``: URLs separated by commas).
 
-    Candidates are spread round-robin over the servers; all must serve the same model, and the
-    mode is one they all support. ``mode``: "auto" (probe), "generate" or "chat".
-    ``top_logprobs``: k per row (default 5 for generate, 20, the most allowed, for chat).
+    Requests are balanced over the servers by the client itself (``pool.ServerPool``: least
+    outstanding requests, health checks, a dead server's in-flight work moved to the others). All
+    servers must serve the same model; the mode is one they all support. Servers that are not up
+    when the first one is ready join later (``JOIN_GRACE``). ``mode``: "auto" (probe), "generate"
+    or "chat". ``top_logprobs``: k per row (default 5 for generate, 20, the most allowed, for chat).
     ``concurrency``: requests in flight in all. ``timeout``/``connect_timeout``: seconds per
     attempt; ``max_retries``/``backoff``: retries of connection errors, timeouts, 499 and 5xx.
-    ``startup_timeout``: how long to wait for ``/health`` while a server loads. ``chat_markers``:
-    ``ChatMarkers`` fields for a PRM whose template is not ChatML. The API key comes from
-    ``api_key`` or ``LMDEPLOY_API_KEY``; it is sent as a Bearer token and kept nowhere else.
+    ``startup_timeout``: how long to wait for ``/health`` while a server loads, and for a live
+    server when all are down. ``health_interval``/``health_timeout``: the health checks.
+    ``system_prompt``/``template``: see ``conversation.PRMFormat`` (the template frames /generate
+    prompts; in chat mode the server applies its own, checked at start-up against ours). The API
+    key comes from ``api_key`` or ``LMDEPLOY_API_KEY``; it is sent as a Bearer token, kept nowhere else.
     """
 
-    def __init__(self, target: str, system_prompt: str | None = PRMFormat.system_prompt,
+    def __init__(self, target: str, system_prompt: str | None = PRM_SYSTEM_PROMPT, template: str | dict | None = None,
                  mode: str = "auto", top_logprobs: int | None = None, concurrency: int = 32, timeout: float = 120.0,
                  connect_timeout: float = 10.0, max_retries: int = 3, backoff: float = 0.5,
-                 startup_timeout: float = 600.0, api_key: str | None = None, chat_markers: dict | None = None,
-                 skip_prefix_rows: bool = False):
+                 startup_timeout: float = 600.0, health_interval: float = 10.0, health_timeout: float = 10.0,
+                 api_key: str | None = None, skip_prefix_rows: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if top_logprobs is not None and top_logprobs < 1:
             raise ValueError(f"top_logprobs must be >= 1, got {top_logprobs}")
-        self.urls = [u.strip().rstrip("/") for u in target.split(",") if u.strip()]
-        if not self.urls:
-            raise ValueError(f"no server URL in {target!r}")
-        self.fmt = PRMFormat(system_prompt=system_prompt)
-        self.markers = ChatMarkers(**(chat_markers or {}))
+        self.urls = server_urls(target)
+        self.fmt = PRMFormat(system_prompt=system_prompt, template=chat_template(template))
         self.skip_prefix_rows = skip_prefix_rows
+        self._startup_timeout = startup_timeout
+        self._ready: list[Server] = []  # connected before the mode was decided
+        self._failures: dict[str, Exception] = {}
+        self._decided = False
+        self._background: set = set()
         self._loop = LoopThread()
         key = api_key or os.environ.get("LMDEPLOY_API_KEY") or None
 
-        async def make_client():  # built on the loop that will use it
-            return AsyncJSONClient(api_key=key, timeout=timeout, connect_timeout=connect_timeout,
+        async def make_clients():  # built on the loop that will use them
+            http = AsyncJSONClient(api_key=key, timeout=timeout, connect_timeout=connect_timeout,
                                    max_retries=max_retries, backoff=backoff, concurrency=concurrency)
+            return http, ServerPool(http, health_interval=health_interval, health_timeout=health_timeout,
+                                    wait_timeout=startup_timeout)
 
-        self._http = self._loop.run(make_client())
-        self._turn = itertools.count()
+        self._http, self.pool = self._loop.run(make_clients())
         try:
-            self.servers = [self._loop.run(self._connect(url, mode, startup_timeout)) for url in self.urls]
+            self._loop.run(self._start(mode))
         except BaseException:
             self.close()
             raise
-        models = {s.model for s in self.servers}
-        if len(models) > 1:
-            self.close()
-            raise ValueError(f"the servers serve different models: {sorted(models)}")
-        self.mode = "generate" if all(s.mode == "generate" for s in self.servers) else "chat"
-        for s in self.servers:
-            s.mode = self.mode
+        servers = self.pool.servers
         default_k = GENERATE_TOP_LOGPROBS if self.mode == "generate" else CHAT_MAX_TOP_LOGPROBS
         self.top_logprobs = top_logprobs or default_k
         if self.mode == "chat":
             self.top_logprobs = min(self.top_logprobs, CHAT_MAX_TOP_LOGPROBS)
-        self.identity = f"lmdeploy:{self.servers[0].model}@{self.mode}"
-        log.info("LMDeploy PRM %s: %d server(s), %s", self.identity, len(self.servers),
+        self.identity = f"lmdeploy:{self._model}@{self.mode}"
+        log.info("LMDeploy PRM %s: %d of %d server(s) ready, %s", self.identity, len(servers), len(self.urls),
                  "one /generate request per candidate (prompt logprobs)" if self.mode == "generate"
                  else "fallback: one /v1/chat/completions request per step")
 
     def __repr__(self) -> str:
         return f"LMDeployPRM(urls={self.urls!r}, mode={getattr(self, 'mode', None)!r})"
+
+    @property
+    def servers(self) -> list[Server]:
+        return self.pool.servers
 
     @property
     def requests_sent(self) -> int:
@@ -205,8 +198,63 @@ class LMDeployPRM(PRMScorer):
 
     # -- start-up ------------------------------------------------------------------------------
 
-    async def _connect(self, url: str, mode: str, startup_timeout: float) -> _Server:
-        await self._http.wait_healthy(url, startup_timeout)
+    async def _start(self, mode: str) -> None:
+        """Connect to every server at once; go as soon as one is ready and the others had JOIN_GRACE s."""
+        tasks = {asyncio.ensure_future(self._connect_one(url, mode)): url for url in self.urls}
+        self._background.update(tasks)
+        pending = set(tasks)
+        while pending and not self._ready:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready:  # every server failed: the first one's reason
+            raise next(iter(self._failures.values()))
+        if pending:
+            await asyncio.wait(pending, timeout=JOIN_GRACE)
+        for url, exc in self._failures.items():
+            log.warning("PRM server %s is left out: %s", url, exc)
+        for task, url in tasks.items():
+            if not task.done():
+                log.info("PRM server %s is not ready yet; it joins when it is", url)
+        ready = list(self._ready)
+        models = {s.model for s in ready}
+        if len(models) > 1:
+            raise ValueError(f"the servers serve different models: {sorted(models)}")
+        self._model = ready[0].model
+        self.mode = "generate" if all(s.mode == "generate" for s in ready) else "chat"
+        self._decided = True  # from here on, a server that gets ready joins by itself
+        for server in ready:
+            await self._admit(server)
+
+    async def _connect_one(self, url: str, mode: str) -> None:
+        try:
+            server = await self._connect(url, mode)
+        except Exception as exc:
+            if self._decided:
+                log.warning("PRM server %s did not join: %s", url, exc)
+            else:
+                self._failures[url] = exc
+            return
+        if not self._decided:
+            self._ready.append(server)
+            return
+        try:
+            if server.model != self._model:
+                raise ValueError(f"it serves {server.model!r}, the others {self._model!r}")
+            if self.mode == "generate" and server.mode != "generate":
+                raise ValueError("it gives no prompt logprobs, the others score with /generate")
+            await self._admit(server)
+        except (ValueError, RequestFailed) as exc:
+            log.warning("PRM server %s is left out: %s", url, exc)
+            return
+        log.info("PRM server %s joined", url)
+
+    async def _admit(self, server: Server) -> None:
+        server.mode = self.mode
+        if self.mode == "chat":
+            await self._check_chat_template(server)
+        self.pool.add(server)
+
+    async def _connect(self, url: str, mode: str) -> Server:
+        await self._http.wait_healthy(url, self._startup_timeout)
         try:
             models = await self._http.request("GET", f"{url}/v1/models")
         except RequestFailed as exc:
@@ -215,7 +263,7 @@ class LMDeployPRM(PRMScorer):
             raise
         model = models["data"][0]["id"]
         good, bad = self.fmt.good_token, self.fmt.bad_token
-        header = self.markers.header("assistant")
+        header = self.fmt.template.header("assistant")
         enc = await self._http.request("POST", f"{url}/v1/encode",
                                        {"input": [good, bad, header + good], "add_bos": False})
         ids = enc["input_ids"]
@@ -228,7 +276,7 @@ class LMDeployPRM(PRMScorer):
             raise ValueError(f"{url}: {good!r} does not stay one token after the assistant header {header!r}")
         if mode == "auto":
             mode = await self._probe(url, header + good)
-        return _Server(url=url, model=model, mode=mode, pattern=pattern, bad_id=ids[1][0])
+        return Server(url=url, model=model, mode=mode, pattern=pattern, bad_id=ids[1][0])
 
     async def _probe(self, url: str, prompt: str) -> str:
         """"generate" if /generate returns prompt logprobs, else "chat" (server's reason logged)."""
@@ -246,6 +294,25 @@ class LMDeployPRM(PRMScorer):
             return "chat"
         return "generate"
 
+    async def _check_chat_template(self, server: Server) -> None:
+        """In chat mode the server renders the conversation with its chat template: refuse to score
+        unless its prompt for a probe conversation has as many tokens as our own rendering (LMDeploy
+        silently falls back to a plain ``base`` template when a checkpoint has none)."""
+        turns = build_conversation("What is 1 + 1?", ["1 + 1 = 2.", "The answer is 2."], 0, self.fmt)[:-1]
+        ours = self.fmt.template.render(turns, IMAGE_TOKEN) + self.fmt.template.header("assistant")
+        enc = await self._http.request("POST", f"{server.url}/v1/encode", {"input": ours, "add_bos": True})
+        body = await self._http.request("POST", f"{server.url}/v1/chat/completions", {
+            "model": server.model, "messages": chat_messages(turns, []), "max_tokens": 1, "temperature": 1.0})
+        served = (body.get("usage") or {}).get("prompt_tokens")
+        if served != enc["length"]:
+            raise ValueError(
+                f"{server.url} renders the PRM conversation into {served} prompt tokens, the PRM's chat template "
+                f"into {enc['length']}: the server does not use the PRM's chat template, so chat-mode scores would "
+                "be out of distribution. Likely cause: the checkpoint has no chat template and LMDeploy fell back "
+                "to its 'base' template, or --chat-template names the wrong one. Start the server with "
+                "--chat-template pointing at the PRM's template (see the README), or serve it with the PyTorch "
+                "engine and --logprobs-mode raw_logprobs so the plugin renders the prompt itself (/generate).")
+
     # -- scoring -------------------------------------------------------------------------------
 
     def score(self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]],
@@ -256,55 +323,52 @@ class LMDeployPRM(PRMScorer):
             urls = [image_data_url(p) for p in images]
         except ValueError as exc:
             return [r or failed(steps_list[i], str(exc)) for i, r in enumerate(results)]
-        jobs = [(i, self.servers[next(self._turn) % len(self.servers)]) for i in todo]
-        scored = self._loop.run(self._score_all(question, urls, [(steps_list[i], s) for i, s in jobs]))
-        for (i, _), res in zip(jobs, scored):
+        scored = self._loop.run(self._score_all(question, urls, [steps_list[i] for i in todo]))
+        for i, res in zip(todo, scored):
             results[i] = res
         return results  # type: ignore[return-value]
 
-    async def _score_all(self, question: str, urls: list[str], jobs: list[tuple[list[str], _Server]]):
+    async def _score_all(self, question: str, urls: list[str], jobs: list[list[str]]) -> list[StepScores]:
         if not jobs:
             return []
         if self.mode == "chat":
-            return await asyncio.gather(*(self._score_chat(server, question, urls, steps) for steps, server in jobs))
-        start = await self._rows_start(jobs[0][1], question, urls, jobs[0][0]) if self.skip_prefix_rows else 0
-        return await asyncio.gather(*(self._score_generate(server, question, urls, steps, start)
-                                      for steps, server in jobs))
+            return await asyncio.gather(*(self._score_chat(question, urls, steps) for steps in jobs))
+        start = await self._rows_start(question, urls, jobs[0]) if self.skip_prefix_rows else 0
+        return await asyncio.gather(*(self._score_generate(question, urls, steps, start) for steps in jobs))
 
     def _prompt(self, question: str, n_images: int, steps: list[str]) -> str:
-        return self.markers.render(build_messages(question, steps, n_images, self.fmt))
+        return render_prompt(question, steps, n_images, self.fmt, image=IMAGE_TOKEN + "\n")
 
-    async def _rows_start(self, server: _Server, question: str, urls: list[str], steps: list[str]) -> int:
-        """``logprob_start_len`` that skips the prefix every candidate shares (system turn, images).
-
-        Its length after image expansion is known only to the server, so ask: a /generate request
-        for the prefix alone answers with ``prompt_tokens``. It only saves rows: if it fails, rows
-        start at 0 and each candidate's own request meets whatever is wrong.
+    async def _rows_start(self, question: str, urls: list[str], steps: list[str]) -> int:
+        """``logprob_start_len`` that skips the prefix every candidate shares (system turn, images,
+        question). Its length after image expansion is known only to the server, so ask: a /generate
+        request for the prefix alone answers with ``prompt_tokens``. It only saves rows: if it
+        fails, rows start at 0 and each candidate's own request meets whatever is wrong.
         """
         prompt = self._prompt(question, len(urls), steps)
-        prefix = prompt[:prompt.index(first_user_text(question, steps[0]))]
-        payload = {"prompt": prefix, "max_tokens": 1}
+        shared = f"{question}\n\n### Solution Process:\n"
+        payload = {"prompt": prompt[:prompt.index(shared) + len(shared)], "max_tokens": 1}
         if urls:
             payload["image_data"] = urls
         try:
-            body = await self._http.request("POST", f"{server.url}/generate", payload)
-            return max(0, int(body["meta_info"]["prompt_tokens"]) - PREFIX_MARGIN)
+            reply = await self.pool.request("POST", "/generate", payload)
+            return max(0, int(reply.body["meta_info"]["prompt_tokens"]) - PREFIX_MARGIN)
         except (RequestFailed, KeyError, TypeError, ValueError) as exc:
             log.warning("could not measure the shared prompt prefix (%s); asking for every prompt row", exc)
             return 0
 
-    async def _score_generate(self, server: _Server, question: str, urls: list[str], steps: list[str],
-                              start: int) -> StepScores:
+    async def _score_generate(self, question: str, urls: list[str], steps: list[str], start: int) -> StepScores:
         payload = {"prompt": self._prompt(question, len(urls), steps), "max_tokens": 0, "return_logprob": True,
                    "top_logprobs_num": self.top_logprobs, "logprob_start_len": start, "stream": True}
         if urls:
             payload["image_data"] = urls
         try:
-            events = await self._http.request("POST", f"{server.url}/generate", payload, events=True)
+            reply = await self.pool.request("POST", "/generate", payload, events=True)
         except RequestFailed as exc:
             return failed(steps, str(exc))
+        server = reply.server
         # LMDeploy 0.18 sends the prompt rows once, on the last event; gather them in order regardless
-        metas = [e.get("meta_info") or {} for e in events]
+        metas = [e.get("meta_info") or {} for e in reply.body]
         rows = [r for m in metas for r in m.get("input_token_logprobs") or []]
         tops = [t for m in metas for t in m.get("input_top_logprobs") or []]
         meta = metas[-1] if metas else {}
@@ -320,26 +384,15 @@ class LMDeployPRM(PRMScorer):
         for j in places:
             top = {tok: lp for lp, tok in tops[j]}
             values.append(two_way(rows[j][0], top.get(server.bad_id), min(top.values())))
-        return self._result(steps, values, server, 1, meta.get("prompt_tokens"), self.top_logprobs,
-                            rows=len(rows))
+        return self._result(steps, values, {"server": server.url, "requests": 1, "moved": reply.moved,
+                                            "prompt_tokens": meta.get("prompt_tokens"), "logprob_rows": len(rows)},
+                            self.top_logprobs)
 
-    def _chat_messages(self, question: str, urls: list[str], steps: list[str]) -> list[dict]:
-        """OpenAI-format conversation up to the last step's user turn (the server adds the header)."""
-        out = []
-        for m in build_messages(question, steps, len(urls), self.fmt)[:-1]:
-            parts = m["content"]
-            if any(p["type"] == "image" for p in parts):
-                images = iter(urls)
-                content = [{"type": "image_url", "image_url": {"url": next(images)}} if p["type"] == "image"
-                           else {"type": "text", "text": p["text"]} for p in parts]
-            else:
-                content = "".join(p["text"] for p in parts)
-            out.append({"role": m["role"], "content": content})
-        return out
-
-    async def _score_chat(self, server: _Server, question: str, urls: list[str], steps: list[str]) -> StepScores:
+    async def _score_chat(self, question: str, urls: list[str], steps: list[str]) -> StepScores:
         k = self.top_logprobs
-        calls = [self._chat_step(server, self._chat_messages(question, urls, steps[:i + 1]), k)
+        turns = build_conversation(question, steps, len(urls), self.fmt)
+        # the conversation up to each step's user turn; the server adds the assistant header
+        calls = [self._chat_step(chat_messages(turns[:len(turns) - 2 * (len(steps) - i) + 1], urls), k)
                  for i in range(len(steps))]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         for i, out in enumerate(outcomes):
@@ -347,31 +400,29 @@ class LMDeployPRM(PRMScorer):
                 if not isinstance(out, RequestFailed):
                     raise out
                 return failed(steps, f"step {i + 1}: {out}")
-        values = [value for value, _ in outcomes]
-        tokens = [t for _, t in outcomes]
-        prompt_tokens = sum(tokens) if all(t is not None for t in tokens) else None
-        return self._result(steps, values, server, len(steps), prompt_tokens, k)
+        tokens = [t for _, t, _ in outcomes]
+        meta = {"servers": [r.server.url for _, _, r in outcomes], "requests": len(steps),
+                "moved": sum(r.moved for _, _, r in outcomes),
+                "prompt_tokens": sum(tokens) if all(t is not None for t in tokens) else None}
+        return self._result(steps, [v for v, _, _ in outcomes], meta, k)
 
-    async def _chat_step(self, server: _Server, messages: list[dict], k: int):
+    async def _chat_step(self, messages: list[dict], k: int):
         # ignore_eos: LMDeploy drops a sampled stop token together with its logprobs row
-        payload = {"model": server.model, "messages": messages, "max_tokens": 1, "logprobs": True,
+        payload = {"model": self._model, "messages": messages, "max_tokens": 1, "logprobs": True,
                    "top_logprobs": k, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
                    "repetition_penalty": 1.0, "ignore_eos": True}
-        body = await self._http.request("POST", f"{server.url}/v1/chat/completions", payload)
+        reply = await self.pool.request("POST", "/v1/chat/completions", payload)
         try:
-            entry = body["choices"][0]["logprobs"]["content"][0]
+            entry = reply.body["choices"][0]["logprobs"]["content"][0]
         except (KeyError, IndexError, TypeError):
-            raise RequestFailed(f"{server.url} returned no logprobs for the step; start it with "
+            raise RequestFailed(f"{reply.server.url} returned no logprobs for the step; start it with "
                                 "--logprobs-mode raw_logprobs (PyTorch) or use TurboMind") from None
         reported, cutoff = merge_chat_logprobs(entry, k)
         value = two_way(reported.get(self.fmt.good_token), reported.get(self.fmt.bad_token), cutoff)
-        return value, (body.get("usage") or {}).get("prompt_tokens")
+        return value, (reply.body.get("usage") or {}).get("prompt_tokens"), reply
 
-    def _result(self, steps: list[str], values: list, server: _Server, requests: int,
-                prompt_tokens: int | None, k: int, rows: int | None = None) -> StepScores:
-        meta = {"mode": self.mode, "server": server.url, "requests": requests, "prompt_tokens": prompt_tokens}
-        if rows is not None:
-            meta["logprob_rows"] = rows
+    def _result(self, steps: list[str], values: list, meta: dict, k: int) -> StepScores:
+        meta = {"mode": self.mode, **meta}
         missing = [i + 1 for i, v in enumerate(values) if v is None]
         if missing:
             return StepScores(steps=steps, scores=None, meta=meta, error=(
@@ -386,5 +437,13 @@ class LMDeployPRM(PRMScorer):
     def close(self) -> None:
         if self._loop.loop.is_closed():
             return
-        self._loop.run(self._http.aclose())
+
+        async def shutdown():
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await self.pool.aclose()
+            await self._http.aclose()
+
+        self._loop.run(shutdown())
         self._loop.close()

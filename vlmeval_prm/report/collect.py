@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import string
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import pandas as pd
-
-from vlmeval_prm.report.judging import UnsupportedDataset, judge_candidates
+from vlmeval_prm.report.judging import UnsupportedDataset, judge_candidates, vote_contexts
 from vlmeval_prm.report.table import bon_table, print_report, write_report
 from vlmeval_prm.select.answers import extract_answer
 from vlmeval_prm.select.strategies import STRATEGIES, Candidate, SampleCandidates
 from vlmeval_prm.store.jsonl import SampleRecords, index_records, read_records
 from vlmeval_prm.store.paths import store_file
+from vlmeval_prm.store.records import ScoreRecord, StoreError, Summary
 
 DEFAULT_JUDGE = "exact_matching"
 DEFAULT_NPROC = 4
@@ -87,36 +85,18 @@ def default_ks(n: int) -> list[int]:
     return sorted(set(ks + [n]))
 
 
-def _summary(raw) -> dict | None:
-    try:
-        value = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) and isinstance(value.get("key"), str) else None
-
-
-def _choices(row: pd.Series) -> dict | None:
-    """Option letters present in the row (VLMEvalKit's ``A``, ``B``, ... columns) -> option text."""
-    found = {c: str(row[c]) for c in string.ascii_uppercase if c in row.index and not pd.isna(row[c])}
-    return found or None
-
-
-def _step_scores(rec: dict | None) -> list[float] | None:
-    ok = rec is not None and rec.get("error") is None and rec.get("step_scores")
-    return [float(s) for s in rec["step_scores"]] if ok else None
-
-
-def _outcome_score(rec: dict | None) -> float | None:
-    scores = _step_scores(rec)
+def _outcome_score(rec: ScoreRecord | None) -> float | None:
+    scores = rec.scores if rec is not None else None
     return scores[0] if scores is not None and len(scores) == 1 else None
 
 
-def _candidate(entry: SampleRecords, i: int, prm: str | None, correct: bool | None, dataset_type: str,
-               choices: dict | None) -> Candidate:
-    text = entry.candidates[i].get("text")
-    return Candidate(text=text, answer=extract_answer(text, dataset_type, choices) if text else None,
-                     correct=correct,
-                     step_scores=_step_scores(entry.score(i, prm, "step")) if prm else None,
+def store_candidate(entry: SampleRecords, i: int, prm: str | None, correct: bool | None, dataset_type: str,
+                    choices: dict | None, precision: int | None = None) -> Candidate:
+    """Candidate i of a stored sample as the strategies see it: its vote key from the one normaliser
+    (``answers.extract_answer``), and its PRM and ORM scores only where ``ScoreRecord.usable``."""
+    text, step = entry.text(i), entry.score(i, prm, "step") if prm else None
+    return Candidate(text=text, answer=extract_answer(text, dataset_type, choices, precision) if text else None,
+                     correct=correct, step_scores=step.scores if step is not None else None,
                      outcome_score=_outcome_score(entry.score(i, prm, "outcome")) if prm else None)
 
 
@@ -142,18 +122,22 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
     store_path = store_file(pred_root(work_dir, model_name), model_name, dataset_name)
     if not os.path.exists(store_path):
         raise ReportError(f"no candidate store {store_path}")
-    store = index_records(read_records(store_path))
-    summaries = [_summary(raw) for raw in table["extra_records"]]
-    entries = [store.get(s["key"]) if s else None for s in summaries]
-    n = max((int(s.get("n") or 0) for s in summaries if s), default=0)
+    try:
+        store = index_records(read_records(store_path))
+        summaries = [Summary.from_json(raw) for raw in table["extra_records"]]
+    except StoreError as exc:
+        raise ReportError(f"{model_name} x {dataset_name}: {exc}") from exc
+    entries = [store.get(s.key) if s else None for s in summaries]
+    n = max((s.n for s in summaries if s), default=0)
     if n < 1:
         raise ReportError(f"{model_name} x {dataset_name}: no row carries a Best-of-N summary in extra_records")
 
     dataset = _build_dataset(dataset_name)
     dataset_type = str(dataset.TYPE)
-    texts = [[e.candidates.get(i, {}).get("text") if e else None for e in entries] for i in range(n)]
+    texts = [[e.text(i) if e else None for e in entries] for i in range(n)]
     correct = judge_candidates(dataset, table, texts, os.path.join(pred_root(work_dir, model_name), "bon_report"),
                                model_name, judge_kwargs)
+    votes = vote_contexts(dataset, table)  # options by letter, numbers at the dataset's precision
 
     notes = {"rows": len(table), "rows_without_summary": sum(s is None for s in summaries),
              "rows_not_in_store": sum(s is not None and e is None for s, e in zip(summaries, entries)),
@@ -165,11 +149,12 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
             continue
         present = [i for i in range(n) if i in entry.candidates]
         notes["rows_with_fewer_than_n"] += len(present) < n
-        notes["candidates_without_text"] += sum(entry.candidates[i].get("text") is None for i in present)
-        choices = _choices(table.iloc[r])
-        samples.append(SampleCandidates(key=summary["key"], candidates=[
-            _candidate(entry, i, summary.get("prm"), correct[i][r], dataset_type, choices) for i in present]))
-    prms = sorted({s["prm"] for s in summaries if s and s.get("prm")})
+        notes["candidates_without_text"] += sum(entry.text(i) is None for i in present)
+        vote = votes[r]
+        samples.append(SampleCandidates(key=summary.key, candidates=[
+            store_candidate(entry, i, summary.prm, correct[i][r], vote.dataset_type, vote.choices, vote.precision)
+            for i in present]))
+    prms = sorted({s.prm for s in summaries if s and s.prm})
     return RunData(samples=samples, n=n, dataset_type=dataset_type, prm=prms, notes=notes)
 
 
@@ -206,7 +191,7 @@ def report(runs: Sequence[tuple[str, str, str]], ks: Sequence[int] | None = None
 
     ``ks`` default: ``default_ks(N)``; ``judge`` default: the judge the run used; ``judge_kwargs``
     go to ``evaluate`` as in ``vlmeval.run`` (``--judge-args``). Returns, keyed by the run tuple,
-    ``{"table", "exclusions", "paths", "n", "prm", "judge", "notes"}``, or ``{"error": message}``
+    ``{"run", "table", "exclusions", "paths", "n", "prm", "judge", "notes"}``, or ``{"error": message}``
     for a run that could not be reported (the others still are).
     """
     out = file or sys.stdout
@@ -233,6 +218,6 @@ def report(runs: Sequence[tuple[str, str, str]], ks: Sequence[int] | None = None
         print_report(table, exclusions, file=out)
         for kind, path in paths.items():
             print(f"{kind}: {path}", file=out)
-        results[run_id] = {"table": table, "exclusions": exclusions, "paths": paths, "n": run.n, "prm": run.prm,
-                           "judge": kwargs["model"], "notes": run.notes}
+        results[run_id] = {"run": run, "table": table, "exclusions": exclusions, "paths": paths, "n": run.n,
+                           "prm": run.prm, "judge": kwargs["model"], "notes": run.notes}
     return results

@@ -13,10 +13,19 @@ AGGREGATORS: dict[str, Callable[[Sequence[float]], float]] = {
 }
 
 
+def usable(step_scores: Sequence[float] | None) -> bool:
+    """The one test of "this candidate is scored": at least one step score, every one finite.
+
+    A NaN or inf anywhere makes the whole candidate unscored for every aggregation alike (``min``
+    would skip a NaN or return it depending on where it sits; ``last`` would see it only at the end).
+    """
+    return bool(step_scores) and all(isinstance(s, (int, float)) and math.isfinite(s) for s in step_scores)
+
+
 def response_score(step_scores: Sequence[float] | None, how: str = "mean") -> float | None:
-    """None when there is nothing to aggregate (a failed or empty score), never a default value."""
+    """None when the step scores are not ``usable`` (failed, empty or non-finite), never a default value."""
     if how not in AGGREGATORS:
         raise KeyError(f"unknown aggregation {how!r}; choose from {sorted(AGGREGATORS)}")
-    if not step_scores:
+    if not usable(step_scores):
         return None
     return float(AGGREGATORS[how](step_scores))

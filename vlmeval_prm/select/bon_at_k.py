@@ -10,7 +10,9 @@ Estimators (per question, pool of n candidates):
   Abstaining candidates only ever "win" an all-abstaining subset, which scores 0.
 - oracle: exact, 1 - C(wrong, k) / C(n, k). random: exact, mean correctness (any k).
 - vote: exact enumeration of all k-subsets while C(n, k) <= ``exact_limit``, else ``draws`` uniform
-  k-subsets from a generator seeded by (seed, strategy, question key, k), so reruns agree.
+  k-subsets from a generator seeded by (seed, strategy, question key, k), so reruns agree. Each
+  subset is scored by ``strategies``' vote rule (answers tied at the top share the pick equally,
+  totals by ``math.fsum``), vectorised in ``_Ballots.outcomes``.
 
 Pools and counting: candidates with unknown correctness are dropped (reason "correct_unknown"); a
 question left with none is dropped from the denominator. A question with n < k is scored at k = n
@@ -38,6 +40,7 @@ from vlmeval_prm.select.strategies import (
     SampleCandidates,
     Strategy,
     get_strategy,
+    subset_outcome,
 )
 
 DEFAULT_EXACT_LIMIT = 20_000
@@ -105,45 +108,64 @@ def _random_at_k(s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: 
     return [(sum(c.correct for c in pool) / len(pool), 0) for _ in ks]
 
 
+#: Relative slack between numpy's running sums and ``math.fsum``: a sum of k terms is off by at most
+#: k units in the last place of the sum of their magnitudes; this is 8x that, per term.
+_SUM_SLACK = 2.0**-50
+
+
 @dataclass
 class _Ballots:
     """A pool as arrays: answer ids, vote weights (0 when abstaining), usable, correct."""
 
+    strategy: Strategy
+    pool: Sequence[Candidate]
     answer: np.ndarray
     weight: np.ndarray
     usable: np.ndarray
     correct: np.ndarray
     answers: int
+    exact_sums: bool  # integer weights: numpy's float totals are exact, as fsum's are
 
     @classmethod
     def of(cls, s: Strategy, pool: Sequence[Candidate]) -> _Ballots:
         values = [s.value(c) for c in pool]
         ids: dict[str, int] = {}
         answer = [ids.setdefault(c.answer, len(ids)) if v is not None else 0 for c, v in zip(pool, values)]
-        return cls(np.array(answer), np.array([v or 0.0 for v in values], dtype=float),
-                   np.array([v is not None for v in values]), np.array([bool(c.correct) for c in pool], dtype=float),
-                   max(len(ids), 1))
+        weight = np.array([v or 0.0 for v in values], dtype=float)
+        exact = bool(np.all(weight == np.round(weight)) and np.abs(weight).sum() < 2.0**52)
+        return cls(s, pool, np.array(answer), weight, np.array([v is not None for v in values]),
+                   np.array([bool(c.correct) for c in pool], dtype=float), max(len(ids), 1), exact)
 
     def outcomes(self, subsets: np.ndarray) -> np.ndarray:
-        """``selection``'s vote rule on many subsets at once (rows of ascending pool indices).
+        """``strategies``' vote rule on many subsets at once (rows of pool indices): the mean, over the
+        answers tied at the top, of the share of that answer's supporters who are correct.
 
-        Totals are summed in candidate order from 0.0, as the per-subset rule does, so both agree
-        exactly, ties included.
+        numpy's totals can differ from ``math.fsum``'s in the last bits, so a row where another answer
+        comes within rounding of the top is scored by ``subset_outcome`` itself: both agree exactly.
         """
         rows, k = subsets.shape
         width, size = self.answers, rows * self.answers
         use = self.usable[subsets]
         bins = (np.arange(rows)[:, None] * width + self.answer[subsets])[use]
-        totals = np.bincount(bins, weights=self.weight[subsets][use], minlength=size).reshape(rows, width)
-        count = np.bincount(bins, minlength=size).reshape(rows, width)
-        right = np.bincount(bins, weights=self.correct[subsets][use], minlength=size).reshape(rows, width)
-        first = np.full(size, k)
-        np.minimum.at(first, bins, np.broadcast_to(np.arange(k), (rows, k))[use])
+
+        def per_answer(weights=None) -> np.ndarray:
+            return np.bincount(bins, weights=weights, minlength=size).reshape(rows, width)
+
+        totals, count = per_answer(self.weight[subsets][use]), per_answer()
+        right = per_answer(self.correct[subsets][use])
         present = count > 0
         best = np.where(present, totals, -np.inf).max(axis=1, keepdims=True)
-        winner = np.where(present & (totals == best), first.reshape(rows, width), k + 1).argmin(axis=1)
-        pick = np.arange(rows), winner
-        return np.where(present.any(axis=1), right[pick] / np.maximum(count[pick], 1), 0.0)
+        if self.exact_sums:
+            top, unsure = present & (totals == best), np.zeros(rows, dtype=bool)
+        else:
+            margin = _SUM_SLACK * (k + 1) * per_answer(np.abs(self.weight[subsets][use])).sum(axis=1, keepdims=True)
+            top = present & (totals >= best - margin)
+            unsure = top.sum(axis=1) > 1
+        share = np.where(top, right / np.maximum(count, 1), 0.0).sum(axis=1) / np.maximum(top.sum(axis=1), 1)
+        out = np.where(present.any(axis=1), share, 0.0)
+        for r in np.flatnonzero(unsure):
+            out[r] = subset_outcome(self.strategy, [self.pool[i] for i in subsets[r]])
+        return out
 
 
 def _subset_seed(mc: MonteCarlo, name: str, key: str, k: int) -> int:

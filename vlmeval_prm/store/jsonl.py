@@ -1,9 +1,8 @@
 """Append-only candidate store: one JSONL file per model x dataset, written as soon as data exists.
 
-Records (one JSON object per line, field ``kind``):
-- ``sample``: key, dataset, question, images, n, policy — written when a sample is first seen.
-- ``candidate``: key, i, text, error, settings, policy — one per generated candidate.
-- ``score``: key, i, prm, mode ("step"|"outcome"), steps, step_scores, error, bounds, meta, retry.
+Each line is one typed record (``records``: ``SampleRecord``, ``CandidateRecord``, ``ScoreRecord``);
+``read_records`` is the one reader, ``CandidateStore.append`` the one writer, ``encode`` the one
+serialisation. Stores written before the schema version existed read the same.
 
 The last record for (key, i) or (key, i, prm, mode) wins, so a retried failure simply appends.
 Appends take an exclusive ``flock`` and a thread lock and go out in one ``write`` call, so torchrun
@@ -17,24 +16,46 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+
+from vlmeval_prm.store.records import CandidateRecord, Record, SampleRecord, ScoreRecord, from_json, to_json
 
 _LOCK = threading.Lock()
 
 
 @dataclass
 class SampleRecords:
-    sample: dict | None = None
-    candidates: dict[int, dict] = field(default_factory=dict)
-    scores: dict[tuple[int, str, str], dict] = field(default_factory=dict)
+    """Everything stored for one sample key (the last record of each kind wins)."""
 
-    def score(self, i: int, prm: str, mode: str = "step") -> dict | None:
+    sample: SampleRecord | None = None
+    candidates: dict[int, CandidateRecord] = field(default_factory=dict)
+    scores: dict[tuple[int, str, str], ScoreRecord] = field(default_factory=dict)
+
+    def score(self, i: int, prm: str, mode: str = "step") -> ScoreRecord | None:
         return self.scores.get((i, prm, mode))
 
+    def text(self, i: int) -> str | None:
+        """Candidate i's text; None when it is missing or failed."""
+        cand = self.candidates.get(i)
+        return cand.text if cand is not None else None
 
-def read_records(path: str) -> Iterator[dict]:
-    """Every complete record in file order; a torn or corrupt line is skipped."""
+    def add(self, rec: Record) -> None:
+        if isinstance(rec, SampleRecord):
+            self.sample = rec
+        elif isinstance(rec, CandidateRecord):
+            self.candidates[rec.i] = rec
+        else:
+            self.scores[(rec.i, rec.prm, rec.mode)] = rec
+
+
+def encode(record: Record) -> bytes:
+    """One store line (UTF-8 JSON and a newline)."""
+    return (json.dumps(to_json(record), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def read_records(path: str) -> Iterator[Record]:
+    """Every complete record in file order; a torn, corrupt or unknown line is skipped."""
     if not os.path.exists(path):
         return
     with open(path, "rb") as f:
@@ -42,17 +63,18 @@ def read_records(path: str) -> Iterator[dict]:
             if not raw.endswith(b"\n"):
                 break  # torn final line from a killed writer
             try:
-                rec = json.loads(raw)
+                obj = json.loads(raw)
             except ValueError:
-                continue
-            if isinstance(rec, dict) and "kind" in rec and "key" in rec:
+                continue  # corrupt line
+            rec = from_json(obj)  # raises StoreError for a line from a newer version
+            if rec is not None:
                 yield rec
 
 
-def index_records(records) -> dict[str, SampleRecords]:
+def index_records(records: Iterable[Record]) -> dict[str, SampleRecords]:
     out: dict[str, SampleRecords] = {}
     for rec in records:
-        _apply(out.setdefault(rec["key"], SampleRecords()), rec)
+        out.setdefault(rec.key, SampleRecords()).add(rec)
     return out
 
 
@@ -69,8 +91,8 @@ class CandidateStore:
                 self._index = index_records(read_records(self.path))
             return self._index.setdefault(key, SampleRecords())
 
-    def append(self, record: dict) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    def append(self, record: Record) -> None:
+        line = encode(record)
         with _LOCK:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -83,13 +105,4 @@ class CandidateStore:
             finally:
                 os.close(fd)  # closing releases the flock
             if self._index is not None:
-                _apply(self._index.setdefault(record["key"], SampleRecords()), record)
-
-
-def _apply(entry: SampleRecords, rec: dict) -> None:
-    if rec["kind"] == "sample":
-        entry.sample = rec
-    elif rec["kind"] == "candidate":
-        entry.candidates[int(rec["i"])] = rec
-    elif rec["kind"] == "score":
-        entry.scores[(int(rec["i"]), rec["prm"], rec.get("mode", "step"))] = rec
+                self._index.setdefault(record.key, SampleRecords()).add(record)

@@ -1,0 +1,450 @@
+"""``vlmeval-prm serve``: a Best-of-N model behind an OpenAI-compatible HTTP API.
+
+Why: OpenCompass evaluates models it can call (its ``OpenAISDK`` model), and other clients (another
+machine's VLMEvalKit ``GPT4V``/``LMDeployAPI``, a notebook, an app) speak the same protocol. The answer is
+the chosen candidate in ``choices[0].message.content``; a top-level ``bon`` object adds every candidate
+with its scores. Every request's candidates go to the candidate store, which doubles as a cache: an
+identical request (same text, same image bytes) is answered from it without sampling again.
+
+The port opens at once and the model loads in the background: ``/health`` and chat requests answer 503
+until it is ready (LMDeploy keeps its port closed instead; a client that waits on ``/health`` works with
+both). A model that fails to load stops the server with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from vlmeval_prm.constants import DEMO_ENV, STORE_DIR_ENV
+from vlmeval_prm.logs import get_logger
+from vlmeval_prm.prm import parse_spec
+from vlmeval_prm.store.records import Summary
+
+log = get_logger(__name__)
+
+#: The server's API key when ``--api-key`` is not given (documented in the README).
+API_KEY_ENV = "VLMEVAL_PRM_API_KEY"
+#: Candidates per question when ``--model`` names a base model rather than a ``-BoN<N>`` name.
+DEFAULT_N = 8
+#: Largest image accepted in a request (decoded bytes).
+MAX_IMAGE_BYTES = 32 << 20
+#: Timeout for fetching an http(s) image (``--allow-remote-images``).
+FETCH_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServeOptions:
+    """What ``vlmeval-prm serve`` was asked to serve, checked before anything is loaded."""
+
+    model: str | None = None
+    config: str | None = None
+    n: int | None = None
+    prm: str | None = None
+    demo: bool = False  # the tiny demo names and PRM (``model`` names the demo model)
+    store_dir: str | None = None
+    max_concurrency: int = 8
+    api_key: str | None = field(default=None, repr=False)
+    allow_remote_images: bool = False
+    image_root: str | None = None
+
+    def check(self) -> None:
+        """ValueError naming the bad option; run before the (slow) model load."""
+        if not (self.model or self.config):
+            raise ValueError("name a model (--model), a --config file, or use --demo")
+        if self.demo and self.config:
+            raise ValueError("--demo serves the tiny demo model: drop --config")
+        if self.config:
+            if self.n is not None or self.prm:
+                raise ValueError("--n/--prm do not combine with --config: set them in the config file")
+            with open(self.config, encoding="utf-8") as f:
+                models = json.load(f).get("model")
+            if not isinstance(models, dict) or not models:
+                raise ValueError(f"{self.config} has no \"model\" section")
+            if self.model is None and len(models) != 1:
+                raise ValueError(f"{self.config} defines {sorted(models)}: choose one with --model")
+            if self.model is not None and self.model not in models:
+                raise ValueError(f"{self.config} has no model {self.model!r} (it has {sorted(models)})")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"--n must be >= 1, got {self.n}")
+        if self.max_concurrency < 1:
+            raise ValueError(f"--max-concurrency must be >= 1, got {self.max_concurrency}")
+        if self.image_root and not os.path.isdir(self.image_root):
+            raise ValueError(f"--image-root {self.image_root} is not a folder")
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+class APIError(Exception):
+    """An HTTP error with OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, extra: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.extra = extra or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
+                **self.extra}
+
+
+# ------------------------------------------------------------------------------------ model loading
+
+def load_model(opts: ServeOptions):
+    """The ``BestOfN`` to serve: a ``-BoN<N>`` name, a base name wrapped in Best-of-``--n``, or a
+    ``--config`` entry (built by VLMEvalKit's own ``build_model_from_config``)."""
+    if opts.store_dir:
+        os.environ[STORE_DIR_ENV] = opts.store_dir  # read by run_context.store_path at every request
+    if opts.demo:
+        os.environ[DEMO_ENV] = "1"  # the tiny names register only with it, when vlmeval.config loads
+    from vlmeval.config import supported_VLM
+
+    from vlmeval_prm.host import plugin
+    from vlmeval_prm.host.bon import BestOfN
+
+    if opts.config:
+        from vlmeval.run import build_model_from_config
+
+        with open(opts.config, encoding="utf-8") as f:
+            models = json.load(f)["model"]
+        name = opts.model or next(iter(models))
+        entry = dict(models[name])
+        if entry.get("class") == "BestOfN":
+            entry.setdefault("name", name)  # served (and stored) under its config name, as vlmeval.run does
+        model = build_model_from_config({name: entry}, name)
+    else:
+        name = opts.model
+        prm = plugin.TINY_PRM_SPEC if opts.demo else opts.prm
+        if name not in supported_VLM:
+            raise KeyError(f"{name!r} is not in VLMEvalKit's supported_VLM (nor a -BoN<N> name of one)")
+        factory = supported_VLM[name]
+        if getattr(factory, "func", None) is plugin.BestOfN:  # a registered -BoN<N> name: N is in the name
+            if opts.n is not None and opts.n != factory.keywords.get("n"):
+                raise ValueError(f"{name} fixes N={factory.keywords.get('n')}; drop --n or serve the base model")
+            model = factory(**({"prm": prm} if prm else {}))
+        else:
+            n = opts.n or DEFAULT_N
+            model = BestOfN(model=name, n=n, prm=prm, name=plugin.bon_name(name, n))
+    if not isinstance(model, BestOfN):
+        raise TypeError(f"serve needs a Best-of-N model; {type(model).__name__} is not BestOfN")
+    return model
+
+
+def bon_payload(model, out: dict) -> dict:
+    """The ``bon`` object: every candidate (text, response score, steps, step scores, error) and the
+    selected index, from ``generate``'s summary and the candidate store (the one place that reads it)."""
+    summary = Summary.from_json(out["extra_records"])
+    entry = model.store(None).get(summary.key)
+    candidates = []
+    for i, score in enumerate(summary.scores):
+        cand, rec = entry.candidates.get(i), entry.score(i, model.prm_spec, "step")
+        error = (cand.error if cand is not None else "not sampled") or (rec.error if rec is not None else None)
+        candidates.append({"index": i, "text": entry.text(i), "score": score,
+                           "steps": rec.steps if rec is not None else None,
+                           "step_scores": _finite(rec.step_scores) if rec is not None else None, "error": error})
+    return {"selected": summary.chosen, "n": summary.n, "prm": summary.prm, "aggregate": summary.aggregate,
+            "failures": summary.failures, "candidates": candidates}
+
+
+def _finite(values: list[float] | None) -> list[float | None] | None:
+    """JSON has no NaN: a non-finite step score (an unscored candidate) goes out as null."""
+    return None if values is None else [v if math.isfinite(v) else None for v in values]
+
+
+class ModelHost:
+    """Loads the model in a thread and runs ``generate`` calls on a bounded pool: ``max_concurrency``
+    workers when policy and PRM are both served (API calls), else one (VLMEvalKit's local wrappers and
+    an in-process PRM are not thread-safe)."""
+
+    def __init__(self, opts: ServeOptions):
+        self.opts = opts
+        self.model = None
+        self.error: str | None = None
+        self.image_dir: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model.name if self.model is not None else (self.opts.model or "loading")
+
+    def load(self, on_failure: Callable[[], None]) -> None:
+        started = time.monotonic()
+        try:
+            model = load_model(self.opts)
+        except Exception as exc:
+            log.exception("could not load the model to serve")
+            self.error = f"{type(exc).__name__}: {exc}"
+            on_failure()
+            return
+        parallel = model.is_api and parse_spec(model.prm_spec)[0] != "transformers"
+        workers = self.opts.max_concurrency if parallel else 1
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bon-generate")
+        self.image_dir = os.path.join(os.path.dirname(os.path.abspath(model.store(None).path)), "images")
+        self.model = model
+        log.info("%s ready in %.1f s (N=%d, PRM %s; %s); candidate store %s", model.name,
+                 time.monotonic() - started, model.n, model.prm_spec,
+                 f"up to {workers} requests at once" if parallel else "a local model: one request at a time",
+                 model.store(None).path)
+
+    async def generate(self, message: list[dict]) -> tuple[str, dict]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._generate, message)
+
+    def _generate(self, message: list[dict]) -> tuple[str, dict]:
+        out = self.model.generate(message, None)
+        return out["prediction"], bon_payload(self.model, out)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------- request schema
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """A chat completion request. Sampling fields (temperature, max_tokens, ...) are accepted and
+    ignored: Best-of-N samples with the settings the server was started with."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    n: int | None = None
+    stream: bool | None = None
+
+
+# ------------------------------------------------------------------------------------------- images
+
+async def image_bytes(url: str, opts: ServeOptions) -> bytes:
+    """The bytes behind an image URL: a base64 data URL always; http(s) only with
+    ``--allow-remote-images``; ``file://`` only inside ``--image-root``."""
+    scheme = urlparse(url).scheme.lower()
+    if scheme == "data":
+        header, sep, payload = url.partition(",")
+        if not sep or not header.lower().endswith(";base64"):
+            raise APIError(400, "an image data URL must be base64: data:image/png;base64,...", param="image_url")
+        if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+            raise APIError(400, f"image larger than {MAX_IMAGE_BYTES} bytes", param="image_url")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error as exc:
+            raise APIError(400, f"image data URL is not valid base64: {exc}", param="image_url") from exc
+    if scheme in ("http", "https"):
+        if not opts.allow_remote_images:
+            raise APIError(400, "http(s) image URLs are off on this server (start it with --allow-remote-images); "
+                                "send the image as a base64 data URL", param="image_url")
+        try:
+            async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True) as client:
+                resp = await client.get(url)
+                resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise APIError(400, f"could not fetch the image: {exc}", param="image_url") from exc
+        return resp.content
+    if scheme == "file":
+        if not opts.image_root:
+            raise APIError(400, "file:// image URLs are off on this server (start it with --image-root DIR)",
+                           param="image_url")
+        root = os.path.realpath(opts.image_root)
+        path = os.path.realpath(url2pathname(urlparse(url).path))
+        if os.path.commonpath([root, path]) != root:
+            raise APIError(400, "file:// image URL outside --image-root", param="image_url")
+        try:
+            with open(path, "rb") as f:
+                return f.read(MAX_IMAGE_BYTES + 1)
+        except OSError as exc:
+            raise APIError(400, f"could not read the image file: {exc.strerror}", param="image_url") from exc
+    raise APIError(400, f"unsupported image URL scheme {scheme or url[:16]!r}: use a base64 data URL",
+                   param="image_url")
+
+
+def save_image(data: bytes, folder: str) -> str:
+    """Check that ``data`` is an image and keep it as ``<folder>/<sha256>.<format>``: named by content, so
+    the same image in another request is the same sample in the store."""
+    if len(data) > MAX_IMAGE_BYTES:
+        raise APIError(400, f"image larger than {MAX_IMAGE_BYTES} bytes", param="image_url")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = (im.format or "png").lower()
+            im.verify()
+    except Exception as exc:
+        raise APIError(400, f"not a readable image: {exc}", param="image_url") from exc
+    path = os.path.join(folder, f"{hashlib.sha256(data).hexdigest()}.{fmt}")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+async def to_vlmeval_message(request, opts: ServeOptions, image_dir: str) -> list[dict]:
+    """One user turn -> VLMEvalKit's message list ``[{"type": "text"|"image", "value": ...}]``, in order."""
+    if request.stream:
+        raise APIError(400, "streaming is not supported", param="stream")
+    if request.n not in (None, 1):
+        raise APIError(400, "n must be 1: the answer is the best of the server's N candidates, all of which "
+                            "come back in `bon.candidates`", param="n")
+    if len(request.messages) != 1 or request.messages[0].role != "user":
+        raise APIError(400, "send exactly one user message: Best-of-N answers a single question "
+                            f"(got roles {[m.role for m in request.messages]})", param="messages")
+    content = request.messages[0].content
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else \
+        [p.model_dump() for p in content or []]
+    message = []
+    for part in parts:
+        if part["type"] == "text":
+            if part["text"].strip():
+                message.append({"type": "text", "value": part["text"]})
+        else:
+            ref = part["image_url"]
+            url = ref if isinstance(ref, str) else ref["url"]
+            message.append({"type": "image", "value": save_image(await image_bytes(url, opts), image_dir)})
+    if not message:
+        raise APIError(400, "the user message has no text and no image", param="messages")
+    return message
+
+
+# -------------------------------------------------------------------------------------------- app
+
+def create_app(host: ModelHost):
+    """The FastAPI app: ``/health``, ``/v1/models``, ``/v1/chat/completions``."""
+    app = FastAPI(title="vlmeval-prm Best-of-N", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError):
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        msg = f"{'.'.join(loc) + ': ' if loc else ''}{first.get('msg', 'invalid request')}"
+        return JSONResponse(APIError(400, msg, param=".".join(loc) or None).body(), status_code=400)
+
+    def authorize(request: Request) -> None:
+        key = host.opts.api_key
+        if not key:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            raise APIError(401, "invalid or missing API key (Authorization: Bearer ...)", code="invalid_api_key")
+
+    def ready_model():
+        if host.model is None:
+            raise APIError(503, f"the model is {'not available: ' + host.error if host.error else 'loading'}",
+                           type="service_unavailable")
+        return host.model
+
+    @app.get("/health")
+    async def health():
+        ready_model()
+        return {"status": "ok", "model": host.name}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models():
+        return {"object": "list", "data": [{"id": host.name, "object": "model", "created": 0,
+                                            "owned_by": "vlmeval-prm"}]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat(request: ChatRequest):
+        model = ready_model()
+        if request.model != model.name:
+            raise APIError(404, f"model {request.model!r} is not served here; this server serves {model.name!r}",
+                           param="model", code="model_not_found")
+        message = await to_vlmeval_message(request, host.opts, host.image_dir)
+        try:
+            answer, bon = await host.generate(message)
+        except Exception as exc:
+            log.exception("Best-of-N failed for a request")
+            raise APIError(500, f"Best-of-N failed: {type(exc).__name__}: {exc}", type="server_error") from exc
+        if bon["selected"] is None:
+            raise APIError(502, f"no candidate could be scored ({bon['failures']}); the failures are in the "
+                                "candidate store and a retry resumes them", type="server_error", extra={"bon": bon})
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                             "finish_reason": "stop", "logprobs": None}],
+                "bon": bon}
+
+    return app
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, type_, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(addr)
+    sock.listen(2048)  # connections queue from now on, before uvicorn's loop starts accepting
+    return sock
+
+
+def serve(opts: ServeOptions, host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Run the server until interrupted; 1 when the model could not be loaded."""
+    import uvicorn
+
+    opts.check()
+    model_host = ModelHost(opts)
+    server = uvicorn.Server(uvicorn.Config(create_app(model_host), log_level="info"))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    sock = _bind(host, port)
+    bound = sock.getsockname()
+    log.info("listening on http://%s:%d (the model loads in the background; /health is 200 once it is ready)",
+             host if ":" not in host else f"[{host}]", bound[1])
+    threading.Thread(target=model_host.load, args=(stop,), name="bon-load", daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down gracefully, then re-raised Ctrl-C
+    finally:
+        model_host.close()
+        sock.close()
+    return 1 if model_host.error else 0
