@@ -1,7 +1,8 @@
 """Run every ``vlmeval.plugins`` entry point right after ``vlmeval.config`` is imported.
 
 Installed by ``vlmeval_prm_hook.pth``. Costs one tiny import at interpreter start and touches
-nothing of vlmeval until vlmeval itself imports its config. Any failure is one warning line.
+nothing of vlmeval until vlmeval itself imports its config. Any failure, a plugin's ``sys.exit``
+included, is one warning line.
 ``VLMEVAL_PLUGINS_DISABLE=1`` switches it off: the ``.pth`` then imports nothing (like
 pytest-cov's env-gated ``.pth``), and setting it in-process before vlmeval's config is imported
 works too. Dependency-free on purpose: it runs in every interpreter.
@@ -22,6 +23,11 @@ def disabled():
     return os.environ.get(DISABLE_ENV, "") not in ("", "0")
 
 
+#: What a plugin may raise without stopping vlmeval: any error, and ``sys.exit`` (SystemExit).
+#: KeyboardInterrupt still stops the user's run.
+CAUGHT = (Exception, SystemExit)
+
+
 def _warn(what, exc):
     sys.stderr.write(f"[vlmeval plugins] {what}: {type(exc).__name__}: {exc}\n")
 
@@ -37,14 +43,14 @@ def run_plugins():
         seen.add(ep.value)
         try:
             fn = ep.load()
-        except Exception as exc:
+        except CAUGHT as exc:
             _warn(f"cannot load plugin {ep.name!r} ({ep.value})", exc)
             continue
         plugins.append((getattr(fn, "vlmeval_plugin_order", 0), ep.name, fn))
     for _, name, fn in sorted(plugins, key=lambda p: (p[0], p[1])):
         try:
             fn()
-        except Exception as exc:
+        except CAUGHT as exc:
             _warn(f"plugin {name!r} failed", exc)
 
 
@@ -73,7 +79,7 @@ class PluginFinder:
             exec_module(module)
             try:
                 run_plugins()
-            except Exception as exc:
+            except CAUGHT as exc:
                 _warn("plugin loading failed", exc)
 
         loader.exec_module = exec_then_plugins

@@ -121,3 +121,47 @@ def test_a_server_that_comes_up_later_joins(labelled, image, caplog, monkeypatch
     assert all(r.ok for r in got)
     assert {r.meta["server"] for r in got} == {ready.url, late.url}
     assert f"PRM server {late.url} joined" in caplog.text
+
+
+def test_a_hung_server_is_found_by_the_health_checks_and_its_work_moved(labelled, image, caplog):
+    """No connection error here: the open requests just hang. The periodic /health check finds it."""
+    caplog.set_level(logging.INFO)
+    with serve_standin(labelled, model_name="prm") as a, serve_standin(labelled, model_name="prm") as b:
+        prm = build_scorer(f"lmdeploy:{a.url},{b.url}", health_interval=0.5, health_timeout=0.5)
+        try:
+            b.faults.latency = 600.0
+            out = {}
+            worker = threading.Thread(target=lambda: out.update(res=prm.score(QUESTION, [image], CANDIDATES[:6])))
+            worker.start()
+            wait_for(lambda: b.stats.requests["/generate"] >= 3)
+            b.hang()
+            worker.join(timeout=60)
+            assert not worker.is_alive()
+        finally:
+            prm.close()
+    got = out["res"]
+    assert all(r.ok for r in got) and {r.meta["server"] for r in got} == {a.url}
+    assert sum(r.meta["moved"] for r in got) == 3
+    assert f"PRM server {b.url} is down" in caplog.text
+
+
+def test_a_dead_server_that_comes_back_is_used_again(labelled, image, caplog):
+    from urllib.parse import urlsplit
+
+    caplog.set_level(logging.INFO)
+    with serve_standin(labelled, model_name="prm") as a:
+        with serve_standin(labelled, model_name="prm") as b:
+            prm = build_scorer(f"lmdeploy:{a.url},{b.url}", health_interval=0.3, health_timeout=0.5, backoff=0.01)
+            b_url = b.url
+            b.kill()
+        try:
+            first = prm.score(QUESTION, [image], CANDIDATES[:4])  # b is found dead on its first request
+            assert all(r.ok for r in first) and {r.meta["server"] for r in first} == {a.url}
+            assert f"PRM server {b_url} is down" in caplog.text
+            with serve_standin(labelled, model_name="prm", port=urlsplit(b_url).port) as again:
+                wait_for(lambda: f"PRM server {b_url} is back" in caplog.text, timeout=30)
+                second = prm.score(QUESTION, [image], CANDIDATES[:4])
+                assert again.stats.requests["/generate"] >= 1
+        finally:
+            prm.close()
+    assert all(r.ok for r in second) and {r.meta["server"] for r in second} == {a.url, b_url}

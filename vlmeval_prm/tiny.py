@@ -120,8 +120,8 @@ def _corpus() -> list[str]:
     return texts
 
 
-def _build_tokenizer():
-    """A Qwen2-style byte-level BPE trained on ``_corpus`` plus the InternVL special tokens."""
+def _build_tokenizer(corpus: list[str] | None = None, vocab_size: int = BPE_VOCAB_SIZE):
+    """A Qwen2-style byte-level BPE trained on ``corpus`` (default ``_corpus``) plus the InternVL special tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -132,9 +132,9 @@ def _build_tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    bpe.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     vocab = bpe.get_vocab()
     merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     vocab.update({tok: len(vocab) + i for i, tok in enumerate(SPECIAL_TOKENS)})

@@ -396,13 +396,14 @@ class StandinServer:
     refused), as while LMDeploy loads weights.
     """
 
-    def __init__(self, app, faults: Faults, stats: Stats, start_delay: float = 0.0, host: str = "127.0.0.1"):
+    def __init__(self, app, faults: Faults, stats: Stats, start_delay: float = 0.0, host: str = "127.0.0.1",
+                 port: int = 0):
         import uvicorn
 
         self.faults, self.stats = faults, stats
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, 0))
+        self._sock.bind((host, port))
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http="h11", lifespan="on"))
         self._start_delay = start_delay
@@ -429,6 +430,16 @@ class StandinServer:
                 time.sleep(0.01)
         return self
 
+    def hang(self) -> None:
+        """Wedge like a stuck node: new connections are refused, open ones stay open and unanswered
+        (set ``faults.latency`` high first so the engine holds its requests)."""
+
+        def close_listeners() -> None:
+            for listener in getattr(self._server, "servers", []):
+                listener.close()
+
+        self._loop.call_soon_threadsafe(close_listeners)
+
     def kill(self) -> None:
         """Die as a crashed server does: open connections are reset, new ones refused, nothing answers."""
 
@@ -452,14 +463,15 @@ class StandinServer:
 
 @contextlib.contextmanager
 def serve_standin(model_path: str, *, start_delay: float = 0.0, latency: float = 0.0, record_bodies: bool = False,
-                  **app_options) -> Iterator[StandinServer]:
+                  port: int = 0, **app_options) -> Iterator[StandinServer]:
     """Serve ``model_path`` (a directory, or "tiny:prm") until the block ends; yields the server.
-    ``record_bodies`` keeps every inference request body in ``server.stats.bodies``."""
+    ``record_bodies`` keeps every inference request body in ``server.stats.bodies``; ``port`` 0 is a
+    free one (give a dead server's port to bring it back at the same URL)."""
     from vlmeval_prm.loading import resolve_path
 
     faults, stats = Faults(latency), Stats(bodies=[] if record_bodies else None)
     app = build_app(resolve_path(model_path), faults=faults, stats=stats, **app_options)
-    server = StandinServer(app, faults, stats, start_delay=start_delay).start()
+    server = StandinServer(app, faults, stats, start_delay=start_delay, port=port).start()
     try:
         yield server
     finally:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import threading
+
+import numpy as np
+import torch
 
 from vlmeval.inference import FAIL_MSG  # VLMEvalKit retries predictions holding it on the next run
 from vlmeval.vlm.base import BaseModel
@@ -50,7 +54,20 @@ def sample_key(dataset: str | None, message: list[dict]) -> str:
                 pass  # unreadable: the path stands in; the failure is recorded when sampling
         parts.append([m["type"], value])
     blob = json.dumps([dataset, parts], ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def candidate_seed(key: str, i: int) -> int:
+    """The sampling seed of candidate ``i`` of a sample: from its store key and index alone, so a run
+    resumed after a kill draws the candidates an uninterrupted run would have drawn."""
+    return int.from_bytes(hashlib.sha256(f"{key}/{i}".encode()).digest()[:4], "big")
+
+
+def seed_sampling(seed: int) -> None:
+    """Seed every RNG a local policy's sampling may draw from (Python, NumPy, torch on all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def build_base(model, **kwargs):
@@ -81,13 +98,14 @@ class BestOfN(BaseModel):
                  max_new_tokens: int | None = None, first_greedy: bool = False, aggregate: str = "mean",
                  batch_size: int | None = None,
                  max_steps: int = MAX_STEPS, step_prompt: str = DEFAULT_STEP_PROMPT, orm: bool = False,
-                 name: str | None = None, **base_kwargs):
+                 retry_failed: bool = False, name: str | None = None, **base_kwargs):
         super().__init__()
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if aggregate not in AGGREGATORS:
             raise ValueError(f"aggregate must be one of {sorted(AGGREGATORS)}, got {aggregate!r}")
         self.n, self.aggregate, self.max_steps, self.orm = n, aggregate, max_steps, orm
+        self.retry_failed = retry_failed
         self.prm_spec = prm or os.environ.get(SPEC_ENV) or DEFAULT_PRM_SPEC
         self.prm_options = dict(prm_options or {})
         validate_spec(self.prm_spec, self.prm_options)  # a bad spec fails here, before any sampling
@@ -173,29 +191,41 @@ class BestOfN(BaseModel):
         return self._select(entry, key)
 
     def _sample_missing(self, store: CandidateStore, entry: SampleRecords, key: str, prompt, dataset) -> None:
+        """Sample the candidates the store lacks. A local policy is seeded per candidate
+        (``candidate_seed``): before the first missing one, and again before each next one as
+        one-by-one adapters hand them over; a batched call draws from its first candidate's seed and
+        its candidates are stored in one write. A run killed and resumed therefore samples what an
+        uninterrupted run would have (servers sample with their own seeds)."""
         missing = [i for i in range(self.n) if entry.text(i) is None]
         if not missing:
             return
+        seeded = not self.is_api
         written: set[int] = set()
 
-        def write(j: int, s) -> None:  # stored the moment it exists
-            store.append(CandidateRecord(key=key, i=missing[j], text=s.text, error=s.error, settings=s.settings,
-                                         policy=self.base_name))
-            written.add(j)
+        def record(j: int, s) -> CandidateRecord:
+            return CandidateRecord(key=key, i=missing[j], text=s.text, error=s.error, settings=s.settings,
+                                   policy=self.base_name)
 
+        def write(j: int, s) -> None:  # stored the moment it exists
+            store.append(record(j, s))
+            written.add(j)
+            if seeded and j + 1 < len(missing):
+                seed_sampling(candidate_seed(key, missing[j + 1]))
+
+        if seeded:
+            seed_sampling(candidate_seed(key, missing[0]))
         samples = self.adapter.sample(self.base, prompt, dataset, len(missing), self.sampling,
                                       greedy_first=self.sampling.first_greedy and missing[0] == 0,
                                       on_sample=write)
-        for j, s in enumerate(samples):
-            if j not in written:  # adapters that make one call for all candidates
-                write(j, s)
+        # adapters that make one call for all candidates: all of them in one write
+        store.append(*(record(j, s) for j, s in enumerate(samples) if j not in written))
 
     def _score_missing(self, store: CandidateStore, entry: SampleRecords, key: str, question: str,
                        images: list[str], mode: str) -> None:
         todo = []
         for i in range(self.n):
             text, done = entry.text(i), entry.score(i, self.prm_spec, mode)
-            if text is None or (done is not None and not done.retry):
+            if text is None or (done is not None and not self._rescore(done)):
                 continue
             todo.append((i, split_steps(text, self.max_steps)))
         if not todo:
@@ -208,7 +238,12 @@ class BestOfN(BaseModel):
                 response_score=response_score(res.scores, self.aggregate) if res.ok else None,
                 steps=res.steps, step_scores=res.scores, error=res.error, bounds=res.bounds,
                 meta={**res.meta, "identity": identity},
-                retry=res.error is not None and bool(steps)))  # a step-less candidate stays failed
+                retry=res.error is not None and res.transient and bool(steps)))
+
+    def _rescore(self, done: ScoreRecord) -> bool:
+        """A stored failure is scored again when it was transient (connection error, timeout, 5xx), or
+        with ``retry_failed`` when it has steps. Permanent ones (context length, no steps) stay failed."""
+        return done.retry or (self.retry_failed and done.error is not None and bool(done.steps))
 
     def _select(self, entry: SampleRecords, key: str) -> dict:
         """The report's rule (``strategies``, ``prm_<aggregate>``): a draw among the best-scored

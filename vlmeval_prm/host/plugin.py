@@ -8,6 +8,7 @@ datasets (first in ``DATASET_CLASSES`` so their names resolve to them);
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
@@ -72,15 +73,60 @@ def bon_name(base: str, n: int) -> str:
     return f"{base}-BoN{n}"
 
 
+#: ``BestOfN`` keyword arguments ``VLMEVAL_PRM_OPTIONS`` may set (tests check them against its signature).
+BON_OPTIONS = ("prm_options", "temperature", "top_p", "top_k", "max_new_tokens", "first_greedy", "aggregate",
+               "batch_size", "max_steps", "step_prompt", "orm", "retry_failed")
+#: Keys a registered name fixes itself, with what to do instead.
+RESERVED_OPTIONS = {
+    "model": "is the name's base model (<model>-BoN<N>)",
+    "n": "is the N of the name (<model>-BoN<N>)",
+    "name": "is the registered name itself",
+    "prm": f"is set by {SPEC_ENV}",
+}
+
+
+class OptionsError(ValueError):
+    """``VLMEVAL_PRM_OPTIONS`` is not a valid set of BestOfN options."""
+
+
 def bon_options() -> dict:
-    """Extra BestOfN settings for registered names, from ``VLMEVAL_PRM_OPTIONS`` (a JSON object)."""
+    """Extra BestOfN settings for registered names, from ``VLMEVAL_PRM_OPTIONS`` (a JSON object of
+    ``BON_OPTIONS``). Raises OptionsError naming the variable; never echoes its value, which may hold
+    a key in ``prm_options``."""
     raw = os.environ.get(OPTIONS_ENV)
     if not raw:
         return {}
-    opts = json.loads(raw)
+    try:
+        opts = json.loads(raw)
+    except ValueError as exc:
+        raise OptionsError(f"{OPTIONS_ENV} is not valid JSON: {exc}") from None
     if not isinstance(opts, dict):
-        raise ValueError(f"{OPTIONS_ENV} must be a JSON object")
+        raise OptionsError(f"{OPTIONS_ENV} must be a JSON object of BestOfN options, got a {type(opts).__name__}")
+    problems = [f"{key!r} {why}" for key, why in RESERVED_OPTIONS.items() if key in opts]
+    for key in sorted(k for k in opts if k not in BON_OPTIONS and k not in RESERVED_OPTIONS):
+        close = difflib.get_close_matches(key, BON_OPTIONS, n=1)
+        problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if problems:
+        raise OptionsError(f"{OPTIONS_ENV}: {'; '.join(problems)}. Valid keys: {', '.join(BON_OPTIONS)} "
+                           "(base model settings go in a --config JSON)")
     return opts
+
+
+class RefuseToBuild:
+    """Registered in place of BestOfN when ``VLMEVAL_PRM_OPTIONS`` is invalid: VLMEvalKit's import and
+    every other model stay intact, and building a Best-of-N model raises the error, before any model
+    loads."""
+
+    __name__ = "BestOfN"
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def __call__(self, *args, **kwargs):
+        raise OptionsError(self.error)
+
+    def __repr__(self) -> str:
+        return f"<BestOfN refused: {self.error}>"
 
 
 def register_models(supported_VLM: dict) -> None:
@@ -91,13 +137,17 @@ def register_models(supported_VLM: dict) -> None:
 
 
 def register_bon(supported_VLM: dict) -> None:
-    opts = bon_options()
+    try:
+        opts, factory = bon_options(), BestOfN
+    except OptionsError as exc:
+        log.error("%s; every -BoN<N> name will refuse to build until it is fixed", exc)
+        opts, factory = {}, RefuseToBuild(str(exc))
     tiny_prm = os.environ.get(SPEC_ENV, TINY_PRM_SPEC)
     for base in [k for k in supported_VLM if "-BoN" not in k and k not in PRM_MODELS]:
         extra = {"prm": tiny_prm} if base == TINY_POLICY else {}
         for n in BON_SIZES:
             supported_VLM.setdefault(bon_name(base, n),
-                                     partial(BestOfN, model=base, n=n, name=bon_name(base, n), **extra, **opts))
+                                     partial(factory, model=base, n=n, name=bon_name(base, n), **extra, **opts))
 
 
 def register_classes() -> None:

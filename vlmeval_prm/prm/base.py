@@ -17,7 +17,9 @@ class StepScores:
     """Scores of one candidate. ``scores`` is None when scoring failed; ``error`` says why.
 
     ``bounds`` (LMDeploy fallback only) marks steps whose P(+) is a bound, not a value:
-    None for an exact score, "upper" or "lower" otherwise.
+    None for an exact score, "upper" or "lower" otherwise. ``transient``: the failure may not happen
+    again (connection error, timeout, HTTP 5xx), so a rerun scores the candidate again; a permanent
+    one (HTTP 400 context length, placeholder/image mismatch, no steps) stays failed.
     """
 
     steps: list[str]
@@ -25,6 +27,7 @@ class StepScores:
     error: str | None = None
     bounds: list[str | None] | None = None
     meta: dict = field(default_factory=dict)
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -35,8 +38,8 @@ class StepScores:
                 "bounds": self.bounds, "meta": self.meta}
 
 
-def failed(steps: list[str], error: str) -> StepScores:
-    return StepScores(steps=list(steps), scores=None, error=error)
+def failed(steps: list[str], error: str, transient: bool = False) -> StepScores:
+    return StepScores(steps=list(steps), scores=None, error=error, transient=transient)
 
 
 def prepare(candidates: Sequence[Sequence[str]], mode: str) -> tuple[list[list[str]], list[StepScores | None]]:

@@ -220,7 +220,8 @@ class TransformersPRM(PRMScorer):
                     try:
                         scored += self._forward(question, loaded, len(images), [steps_list[i]])
                     except Exception as one_exc:
-                        scored.append(failed(steps_list[i], f"PRM forward failed: {one_exc}"))
+                        scored.append(failed(steps_list[i], f"PRM forward failed: {one_exc}",
+                                             transient=isinstance(one_exc, self._torch.OutOfMemoryError)))
             for i, res in zip(batch, scored):
                 results[i] = res
         return results  # type: ignore[return-value]

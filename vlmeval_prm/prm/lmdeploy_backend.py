@@ -21,6 +21,11 @@ Two ways to read P(+) at each step, chosen by probing the server once (or ``mode
   server applies its own chat template there, and reports tokens as text, so labels are matched by
   their token text.
 
+Both modes send the conversation VisualPRM-8B was trained on (``conversation.py``); in chat mode the
+server renders it, so its chat template is checked against ours at start-up. Several servers are
+balanced by the client itself (``pool.py``): ``lmdeploy serve proxy`` routes none of /generate,
+/v1/encode or /health.
+
 Either way P(+) = 1 / (1 + exp(lp(-) - lp(+))), the two-way softmax of the logits. When one label is
 missing from the top-k its logprob is only known to be at most the k-th largest; that gives a bound
 on P(+), recorded in ``StepScores.bounds`` ("lower"/"upper") and ``meta``, never a made-up value.
@@ -365,7 +370,7 @@ class LMDeployPRM(PRMScorer):
         try:
             reply = await self.pool.request("POST", "/generate", payload, events=True)
         except RequestFailed as exc:
-            return failed(steps, str(exc))
+            return failed(steps, str(exc), transient=exc.retryable)
         server = reply.server
         # LMDeploy 0.18 sends the prompt rows once, on the last event; gather them in order regardless
         metas = [e.get("meta_info") or {} for e in reply.body]
@@ -399,7 +404,7 @@ class LMDeployPRM(PRMScorer):
             if isinstance(out, BaseException):
                 if not isinstance(out, RequestFailed):
                     raise out
-                return failed(steps, f"step {i + 1}: {out}")
+                return failed(steps, f"step {i + 1}: {out}", transient=out.retryable)
         tokens = [t for _, t, _ in outcomes]
         meta = {"servers": [r.server.url for _, _, r in outcomes], "requests": len(steps),
                 "moved": sum(r.moved for _, _, r in outcomes),

@@ -128,7 +128,7 @@ class ServerPool:
             now = time.monotonic()
             if now - start >= self.wait_timeout:
                 raise RequestFailed(f"no PRM server is healthy after waiting {self.wait_timeout:.0f}s "
-                                    f"({', '.join(s.url for s in self.servers)})")
+                                    f"({', '.join(s.url for s in self.servers)})", retryable=True)
             if now >= next_report:
                 log.warning("no PRM server is healthy (%s); waiting for one to come back (%.0f of %.0fs)",
                             ", ".join(s.url for s in self.servers), now - start, self.wait_timeout)

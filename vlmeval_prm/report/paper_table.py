@@ -104,7 +104,7 @@ def paper_table(curves: Sequence[DatasetCurves]) -> pd.DataFrame:
 
 def scaling(table: pd.DataFrame) -> pd.DataFrame:
     """Overall accuracy: rows = strategies, columns = N."""
-    overall = next(c for c in table.columns if c == "Overall" or c.startswith("Mean of")) if len(table) else None
+    overall = next(c for c in table.columns if c.endswith(" MC s.e.")).removesuffix(" MC s.e.")
     out = table.pivot(index="strategy", columns="N", values=overall)
     return out.loc[list(dict.fromkeys(table["strategy"]))]
 

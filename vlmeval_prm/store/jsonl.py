@@ -36,9 +36,9 @@ class SampleRecords:
         return self.scores.get((i, prm, mode))
 
     def text(self, i: int) -> str | None:
-        """Candidate i's text; None when it is missing or failed."""
+        """Candidate i's text, well-formed (``well_formed``); None when it is missing or failed."""
         cand = self.candidates.get(i)
-        return cand.text if cand is not None else None
+        return well_formed(cand.text) if cand is not None and cand.text is not None else None
 
     def add(self, rec: Record) -> None:
         if isinstance(rec, SampleRecord):
@@ -49,9 +49,24 @@ class SampleRecords:
             self.scores[(rec.i, rec.prm, rec.mode)] = rec
 
 
+def well_formed(text: str) -> str:
+    """``text`` with every lone surrogate (e.g. ``"\\ud800"`` decoded from a server's JSON) as U+FFFD:
+    what tokenizers, VLMEvalKit's xlsx writer and judges accept. The store keeps the exact text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def encode(record: Record) -> bytes:
-    """One store line (UTF-8 JSON and a newline)."""
-    return (json.dumps(to_json(record), ensure_ascii=False) + "\n").encode("utf-8")
+    """One store line (UTF-8 JSON and a newline). A string holding a lone surrogate has no UTF-8 form:
+    that line is written with JSON's ASCII escapes (``\\ud800``), which read back to the same text."""
+    obj = to_json(record)
+    try:
+        return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(obj) + "\n").encode("ascii")
 
 
 def read_records(path: str) -> Iterator[Record]:
@@ -91,8 +106,11 @@ class CandidateStore:
                 self._index = index_records(read_records(self.path))
             return self._index.setdefault(key, SampleRecords())
 
-    def append(self, record: Record) -> None:
-        line = encode(record)
+    def append(self, *records: Record) -> None:
+        """Append records in one ``write`` call, so the candidates of one batched call are stored together."""
+        if not records:
+            return
+        line = b"".join(encode(r) for r in records)
         with _LOCK:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -105,4 +123,5 @@ class CandidateStore:
             finally:
                 os.close(fd)  # closing releases the flock
             if self._index is not None:
-                self._index.setdefault(record.key, SampleRecords()).add(record)
+                for record in records:
+                    self._index.setdefault(record.key, SampleRecords()).add(record)

@@ -56,7 +56,9 @@ class CandidateRecord:
 class ScoreRecord:
     """The PRM's verdict on one candidate: ``mode`` "step" (every step) or "outcome" (the whole
     response as one step). ``response_score`` is the run's aggregate, kept for reading the store by
-    eye; selection recomputes it from ``step_scores``. ``retry``: a failure a rerun scores again."""
+    eye; selection recomputes it from ``step_scores``. ``retry``: a transient failure (connection
+    error, timeout, HTTP 5xx) that a rerun scores again; a permanent one is scored again only when
+    the user asks (``retry_failed``)."""
 
     kind: ClassVar[str] = "score"
     key: str

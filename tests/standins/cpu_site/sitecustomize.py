@@ -32,20 +32,30 @@ torch.Tensor.cuda = lambda self, *a, **k: self
 torch.nn.Module.cuda = lambda self, *a, **k: self
 
 
-def _patch_from_pretrained():
-    from transformers import modeling_utils
+def _cpu_kwargs(kwargs: dict) -> dict:
+    if kwargs.get("attn_implementation") == "flash_attention_2":
+        kwargs["attn_implementation"] = "sdpa"
+    kwargs.pop("use_flash_attention_2", None)
+    if kwargs.get("device_map") in ("cuda", "cuda:0"):
+        kwargs["device_map"] = "cpu"
+    return kwargs
 
-    original = modeling_utils.PreTrainedModel.from_pretrained.__func__
+
+def _patch_from_pretrained(owner):
+    original = owner.from_pretrained.__func__
 
     def from_pretrained(cls, *args, **kwargs):
-        if kwargs.get("attn_implementation") == "flash_attention_2":
-            kwargs["attn_implementation"] = "sdpa"
-        kwargs.pop("use_flash_attention_2", None)
-        if kwargs.get("device_map") in ("cuda", "cuda:0"):
-            kwargs["device_map"] = "cpu"
-        return original(cls, *args, **kwargs)
+        return original(cls, *args, **_cpu_kwargs(kwargs))
 
-    modeling_utils.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+    owner.from_pretrained = classmethod(from_pretrained)
 
 
-_patch_from_pretrained()
+def _patch_transformers():
+    from transformers import modeling_utils
+    from transformers.models.auto import auto_factory
+
+    _patch_from_pretrained(modeling_utils.PreTrainedModel)
+    _patch_from_pretrained(auto_factory._BaseAutoModelClass)
+
+
+_patch_transformers()
