@@ -1,12 +1,13 @@
 """Datasets the plugin adds to VLMEvalKit (inserted first in ``DATASET_CLASSES``): the shipped mini
-MCQ set and VisualProcessBench (step-level evaluation of PRMs and critics)."""
+MCQ set, the demo's generated shapes task and VisualProcessBench (step-level evaluation of PRMs and critics)."""
 
 import sys
 
 from vlmeval_prm.datasets.mini_mcq import VLMEvalPRMMiniMCQ
+from vlmeval_prm.datasets.shapes import VLMEvalPRMShapes
 from vlmeval_prm.datasets.visualprocessbench import VisualProcessBench
 
-DATASET_CLASSES = [VLMEvalPRMMiniMCQ, VisualProcessBench]
+DATASET_CLASSES = [VLMEvalPRMMiniMCQ, VLMEvalPRMShapes, VisualProcessBench]
 
 
 def register() -> None:

@@ -16,7 +16,6 @@ import threading
 
 import numpy as np
 import torch
-
 from vlmeval.inference import FAIL_MSG  # VLMEvalKit retries predictions holding it on the next run
 from vlmeval.vlm.base import BaseModel
 

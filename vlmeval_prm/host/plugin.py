@@ -173,9 +173,14 @@ def register_datasets() -> None:
 def wrap_inference() -> None:
     import vlmeval.inference as inference
 
-    from vlmeval_prm.host.run_context import wrap_infer_data
+    from vlmeval_prm.host.run_context import wrap_api_pipeline, wrap_infer_data
 
     inference.infer_data = wrap_infer_data(inference.infer_data)
+    try:  # ms-vlmeval's --api-mode pipeline; absent from upstream VLMEvalKit
+        from vlmeval.inference_api import APIEvalPipeline
+    except ImportError:
+        return
+    wrap_api_pipeline(APIEvalPipeline)
 
 
 def register() -> None:

@@ -3,8 +3,9 @@
 Inputs, all under VLMEvalKit's ``pred_root`` (``<work_dir>/<model>``): the prediction file, whose
 ``extra_records`` column holds BestOfN's JSON summary per row (store ``key``, ``n``, ``prm``...), and
 the candidate store ``<model>_<dataset>_bon_candidates.jsonl`` with every candidate and its scores.
-Every candidate is judged by the dataset's own ``evaluate()`` (``judging``), so a strategy's BoN@N
-is on the same scale as the accuracy VLMEvalKit reports. Outputs go beside VLMEvalKit's own:
+Every candidate is judged by VLMEvalKit's own scoring of the dataset (``judging``: the ``benchmarks``
+registry, else the dataset's ``evaluate()``), so a strategy's BoN@N is on the same scale as the
+accuracy VLMEvalKit reports. Outputs go beside VLMEvalKit's own:
 ``<pred_root>/<model>_<dataset>_bon_report*`` (CSV, xlsx, PNG).
 
 Nothing in a run's data stops the report: a row without a summary or store entry becomes a question
