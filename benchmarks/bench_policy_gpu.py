@@ -37,22 +37,13 @@ def build(args):
                               vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
                               tie_word_embeddings=False)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model = model.to_empty(device=args.device).to(dtype).eval()
-    gen = torch.Generator(device=args.device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.fill_(1.0 if "norm" in name else 0.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-        for buf_name, buf in model.named_buffers():  # rotary inverse frequencies were never computed on meta
-            if "inv_freq" in buf_name:
-                owner = model.get_submodule(buf_name.rsplit(".", 1)[0])
-                dim = buf.shape[0] * 2
-                theta = getattr(owner, "theta", None) or text["rope_parameters"]["rope_theta"]
-                buf.copy_(1.0 / (theta ** (torch.arange(0, dim, 2, device=args.device, dtype=torch.float32) / dim)))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(args.device):  # transformers' own random init, directly on the device
+            model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default)
     model.generation_config.pad_token_id = TEXT["eos_token_id"]
     return model, dtype
 

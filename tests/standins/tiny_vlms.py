@@ -105,8 +105,13 @@ def _text(cls, tokenizer, **kw):
 
 def build_qwen2_vl(out: Path) -> None:
     """Qwen2VLForConditionalGeneration; 56 px images -> 4x4 patches of 14 -> 4 tokens after 2x2 merge."""
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
     from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 
     vs, ve, ip, vp = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
@@ -132,9 +137,15 @@ def build_qwen2_vl(out: Path) -> None:
 def build_llava_onevision(out: Path) -> None:
     """LlavaOnevisionForConditionalGeneration with a SigLIP tower on 28 px images (2x2 patches of 14),
     one anyres grid point, Qwen2 text model. The wrapper puts ``<image>`` in the text itself."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
-                              Qwen2Config, SiglipVisionConfig)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
 
     image, video = "<image>", "<video>"
     tok = bpe_tokenizer([image, video])
@@ -158,8 +169,13 @@ def build_llava_onevision(out: Path) -> None:
 
 def build_qwen3_vl(out: Path) -> None:
     """Qwen3VLForConditionalGeneration; 64 px images -> 4x4 patches of 16 -> 4 tokens after 2x2 merge."""
-    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
 
     vs, ve, ip, vp = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
     tok = bpe_tokenizer([vs, ve, ip, vp])
@@ -186,8 +202,14 @@ def build_paligemma(out: Path) -> None:
     """PaliGemmaForConditionalGeneration: SigLIP on 28 px images (4 image tokens), Gemma text model.
     The processor adds PaliGemma's ``<loc>``/``<seg>`` tokens to the tokenizer, so the text model's
     vocabulary is sized after it."""
-    from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
-                              SiglipImageProcessor, SiglipVisionConfig)
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
 
     tok = bpe_tokenizer(["<bos>", "<image>"], bos_token="<bos>", extra_special_tokens={"image_token": "<image>"})
     images = SiglipImageProcessor(size={"height": 28, "width": 28})
@@ -200,52 +222,6 @@ def build_paligemma(out: Path) -> None:
     config = PaliGemmaConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64,
                              image_token_index=tok.convert_tokens_to_ids("<image>"), hidden_size=64)
     _finish(PaliGemmaForConditionalGeneration(config).float().eval(), tok, processor, out, seed=14)
-
-
-# -- PaliGemma (PaliGemma) ------------------------------------------------------------------------
-
-def build_paligemma(out: Path) -> None:
-    """PaliGemmaForConditionalGeneration: SigLIP on 28 px images (4 image tokens), Gemma text model.
-    The processor adds PaliGemma's ``<loc>``/``<seg>`` tokens to the tokenizer, so the text model's
-    vocabulary is sized after it."""
-    from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
-                              SiglipImageProcessor, SiglipVisionConfig)
-
-    tok = bpe_tokenizer(["<bos>", "<image>"], bos_token="<bos>", extra_special_tokens={"image_token": "<image>"})
-    images = SiglipImageProcessor(size={"height": 28, "width": 28})
-    images.image_seq_length = 4
-    processor = PaliGemmaProcessor(image_processor=images, tokenizer=tok)
-    text = _text(GemmaConfig, tok, head_dim=16)
-    text.vocab_size = len(tok)
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                image_size=28, patch_size=14, projection_dim=64)
-    config = PaliGemmaConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=64,
-                             image_token_index=tok.convert_tokens_to_ids("<image>"), hidden_size=64)
-    _finish(PaliGemmaForConditionalGeneration(config).float().eval(), tok, processor, out, seed=14)
-
-
-# -- LLaVA-NeXT (LLaVA_Next) ----------------------------------------------------------------------
-
-def build_llava_next(out: Path) -> None:
-    """LlavaNextForConditionalGeneration: CLIP on 28 px images (2x2 patches of 14, CLS dropped), one
-    anyres grid point, Qwen2 text model (ChatML, which the wrapper's output parsing knows)."""
-    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessor, LlavaNextProcessor, Qwen2Config)
-
-    tok = bpe_tokenizer(["<image>"], extra_special_tokens={"image_token": "<image>"})
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=28, patch_size=14, projection_dim=32)
-    grid = [[28, 28]]
-    config = LlavaNextConfig(text_config=_text(Qwen2Config, tok).to_dict(), vision_config=vision.to_dict(),
-                             image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=grid,
-                             vision_feature_layer=-1, vision_feature_select_strategy="default",
-                             tie_word_embeddings=False)
-    images = LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                                     image_grid_pinpoints=grid)
-    processor = LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=14,
-                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                                   chat_template=chat_template("<image>"))
-    _finish(LlavaNextForConditionalGeneration(config).float().eval(), tok, processor, out, seed=15)
 
 
 # -- LFM2-VL (LFM2VL) ------------------------------------------------------------------------------
@@ -253,8 +229,14 @@ def build_llava_next(out: Path) -> None:
 def build_lfm2_vl(out: Path) -> None:
     """Lfm2VlForConditionalGeneration: SigLIP2 (patch 16) and an LFM2 text model; the processor's own
     tiling and resizing, with small token budgets."""
-    from transformers import (Lfm2Config, Lfm2VlConfig, Lfm2VlForConditionalGeneration, Lfm2VlImageProcessor,
-                              Lfm2VlProcessor, Siglip2VisionConfig)
+    from transformers import (
+        Lfm2Config,
+        Lfm2VlConfig,
+        Lfm2VlForConditionalGeneration,
+        Lfm2VlImageProcessor,
+        Lfm2VlProcessor,
+        Siglip2VisionConfig,
+    )
 
     image = "<image>"
     tok = bpe_tokenizer([image, "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"],
@@ -277,8 +259,14 @@ def build_lfm2_vl(out: Path) -> None:
 
 def build_gemma3(out: Path) -> None:
     """Gemma3ForConditionalGeneration: SigLIP on 28 px images, 4 tokens per image, Gemma 3 text model."""
-    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
-                              Gemma3TextConfig, SiglipVisionConfig)
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
 
     boi, eoi, image = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
     tok = bpe_tokenizer(["<bos>", boi, eoi, image], bos_token="<bos>",
@@ -296,12 +284,12 @@ def build_gemma3(out: Path) -> None:
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "gemma3": build_gemma3,
-    "lfm2_vl": build_lfm2_vl,
-    "paligemma": build_paligemma,
-    "qwen3_vl": build_qwen3_vl,
     "qwen2_vl": build_qwen2_vl,
     "llava_onevision": build_llava_onevision,
+    "qwen3_vl": build_qwen3_vl,
+    "paligemma": build_paligemma,
+    "gemma3": build_gemma3,
+    "lfm2_vl": build_lfm2_vl,
 }
 
 

@@ -40,6 +40,10 @@ class Recipe:
     num_heads: int = 4
     num_kv_heads: int = 2
     vision_hidden_size: int = 64
+    #: The vision tower and projector learn this many times faster than the language model: from a random
+    #: start, reading the cells is what the policy learns last.
+    vision_lr_scale: float = 5.0
+    layer_scale_init: float = 1.0
     policy_problems: int = 3000
     policy_steps: int = 700
     policy_batch: int = 32
@@ -105,7 +109,7 @@ def build_untrained(recipe: Recipe):
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     vision = InternVLVisionConfig(hidden_size=recipe.vision_hidden_size, intermediate_size=2 * recipe.vision_hidden_size,
                                   num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE,
-                                  patch_size=PATCH_SIZE)
+                                  patch_size=PATCH_SIZE, layer_scale_init_value=recipe.layer_scale_init)
     config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.context_image_token_id,
                             image_seq_length=IMAGE_SEQ_LENGTH, tie_word_embeddings=False)
     torch.manual_seed(recipe.seed)
@@ -145,10 +149,14 @@ def _pad(rows: Sequence[Sequence[int]], pad: int, left: bool):
     return ids, mask
 
 
-def _optimizer(model, lr: float, steps: int):
+def _optimizer(model, lr: float, steps: int, vision_lr_scale: float = 1.0):
     import torch
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
+    ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_lr_scale}],
+                            weight_decay=0.01)
     warmup = max(steps // 20, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(steps - warmup, 1))))
@@ -163,7 +171,7 @@ def train_policy(model, processor, recipe: Recipe, progress: Callable = lambda i
     data = Encoded(processor, [make_problem("train", i) for i in range(recipe.policy_problems)])
     rng = random.Random(recipe.seed + 1)
     gen = torch.Generator().manual_seed(recipe.seed + 1)
-    opt, sched = _optimizer(model, recipe.policy_lr, recipe.policy_steps)
+    opt, sched = _optimizer(model, recipe.policy_lr, recipe.policy_steps, recipe.vision_lr_scale)
     model.train()
     losses = []
     for _ in progress(range(recipe.policy_steps), desc="policy"):
@@ -175,13 +183,16 @@ def train_policy(model, processor, recipe: Recipe, progress: Callable = lambda i
             rows.append(data.prompt_ids[i] + answer_ids)
             starts.append(len(data.prompt_ids[i]))
         ids, mask = _pad(rows, tok.pad_token_id, left=False)
-        labels = ids.clone()
-        labels[mask == 0] = -100
+        # predict every answer token (and the end of turn) from the position before it
+        learn = mask.clone().bool()
         for r, s in enumerate(starts):
-            labels[r, :s] = -100
+            learn[r, :s] = False
+        before = torch.roll(learn, -1, dims=1)
         with torch.enable_grad():  # importing vlmeval.vlm switches gradients off process-wide
-            logits = model(input_ids=ids, attention_mask=mask, pixel_values=data.pixel_values[batch]).logits
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+            hidden = model.model(input_ids=ids, attention_mask=mask,
+                                 pixel_values=data.pixel_values[batch]).last_hidden_state
+            logits = model.lm_head(hidden[before])  # the head only where a loss is taken
+            loss = torch.nn.functional.cross_entropy(logits, ids[learn])
             opt.zero_grad()
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

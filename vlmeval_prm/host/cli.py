@@ -12,13 +12,16 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEMO_ENV, SPEC_ENV
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEMO_ENV, OPTIONS_ENV, SPEC_ENV
 from vlmeval_prm.store.jsonl import index_records, read_records
 from vlmeval_prm.store.paths import store_file
 
 HOOK = "vlmeval_prm_hook"
 DEMO_MODEL = "VLMEvalPRM-TinyPolicy-BoN4"
-DEMO_DATA = "VLMEvalPRM_MiniMCQ"
+#: ``vlmeval-prm demo``: Best-of-8 of the policy trained on the synthetic shapes task, scored by the PRM
+#: trained on its Monte-Carlo step labels (``vlmeval_prm.demo``), on the task's held-out split.
+SHAPES_MODEL = "VLMEvalPRM-ShapesPolicy-BoN8"
+SHAPES_DATA = "VLMEvalPRM_Shapes"
 
 
 def hook_source() -> Path:
@@ -51,12 +54,19 @@ def install_hook(args) -> int:
 
 
 def demo(args) -> int:
-    """Best-of-4 with the tiny policy and tiny PRM on the shipped mini dataset, through VLMEvalKit.
-    The tiny names exist only with ``VLMEVAL_PRM_DEMO=1``, set for this run alone."""
+    """Best-of-8 with the trained demo policy and PRM (built once and cached, a few minutes on CPU) on
+    the shapes task's held-out split, through VLMEvalKit, then the Best-of-N report at N = 1, 2, 4, 8.
+    The demo names exist only with ``VLMEVAL_PRM_DEMO=1``, set for this run alone, which also records
+    ORM scores (``{"orm": true}``) so that the report has every strategy."""
+    from vlmeval_prm.demo.build import ensure_built
+
+    print("demo models:", ensure_built(), flush=True)
+    env = {**os.environ, DEMO_ENV: "1"}
+    env.setdefault(OPTIONS_ENV, json.dumps({"orm": True}))
     cmd = [sys.executable, "-m", "vlmeval.run", "--model", args.model, "--data", args.data,
            "--judge", "exact_matching", "--work-dir", args.work_dir, *args.extra]
-    print("running:", f"{DEMO_ENV}=1", " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, env={**os.environ, DEMO_ENV: "1"})
+    print("running:", f"{DEMO_ENV}=1", f"{OPTIONS_ENV}='{env[OPTIONS_ENV]}'", " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd, env=env)
     folder = os.path.join(args.work_dir, args.model)
     store = store_file(folder, args.model, args.data)
     if not os.path.exists(store):
@@ -69,8 +79,10 @@ def demo(args) -> int:
     for path in sorted(glob.glob(os.path.join(folder, f"{args.model}_{args.data}*"))):
         if path != store:
             print("VLMEvalKit output:", path)
-    print("\nThe tiny models have random weights: their answers are meaningless. The demo proves the pipeline.")
-    return rc
+    if rc:
+        return rc
+    return report(argparse.Namespace(work_dir=args.work_dir, model=[args.model], data=[args.data], judge=None,
+                                     judge_args=None, judge_base_url=None, nproc=None, ks=None))
 
 
 def report(args) -> int:
@@ -115,7 +127,7 @@ def models(args) -> int:
 
     from vlmeval_prm.policy.catalog import model_routes
 
-    rows = model_routes(supported_VLM)
+    rows = model_routes(supported_VLM, use_vllm=args.use_vllm)
     if args.json:
         print(json.dumps([r.to_record() for r in rows], indent=1))
         return 0
@@ -134,9 +146,9 @@ def main(argv=None) -> int:
     p.add_argument("--remove", action="store_true")
     p.add_argument("--site-packages", help="target directory (default: this interpreter's purelib)")
     p.set_defaults(func=install_hook)
-    p = sub.add_parser("demo", help="offline CPU demo: tiny policy + tiny PRM, Best-of-4, mini dataset")
-    p.add_argument("--model", default=DEMO_MODEL)
-    p.add_argument("--data", default=DEMO_DATA)
+    p = sub.add_parser("demo", help="offline CPU demo: Best-of-8 with a policy and a PRM trained on a synthetic task")
+    p.add_argument("--model", default=SHAPES_MODEL)
+    p.add_argument("--data", default=SHAPES_DATA)
     p.add_argument("--work-dir", default="outputs")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for vlmeval.run")
     p.set_defaults(func=demo)
@@ -168,6 +180,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=serve)
     p = sub.add_parser("models", help="every VLMEvalKit model name with its Best-of-N sampling route")
     p.add_argument("--json", action="store_true", help="a JSON array of {name, class, route, reason}")
+    p.add_argument("--use-vllm", action="store_true", help="the routes vlmeval.run --use-vllm gives")
     p.set_defaults(func=models)
     args = parser.parse_args(argv)
     return args.func(args)

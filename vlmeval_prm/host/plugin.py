@@ -16,6 +16,7 @@ import sys
 from functools import partial
 
 from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEMO_ENV, OPTIONS_ENV, SPEC_ENV
+from vlmeval_prm.demo.paths import prm_path as shapes_prm_path
 from vlmeval_prm.logs import get_logger
 
 log = get_logger(__name__)
@@ -24,6 +25,8 @@ BON_SIZES = (2, 4, 8, 16, 32, 64)
 TINY_POLICY = "VLMEvalPRM-TinyPolicy"
 TINY_PRM = "VLMEvalPRM-TinyPRM"
 TINY_PRM_SPEC = "transformers:tiny:prm"
+#: The demo's policy trained on its synthetic task; its Best-of-N names score with the PRM trained with it.
+SHAPES_POLICY = "VLMEvalPRM-ShapesPolicy"
 
 
 class LazyClass:
@@ -60,9 +63,10 @@ PRM_MODELS = {
 }
 POLICY_MODELS = {
     TINY_POLICY: partial(TransformersChat, model_path="tiny:policy", max_new_tokens=48),
+    SHAPES_POLICY: partial(LazyClass("vlmeval_prm.demo.models:ShapesPolicy")),
 }
 #: The demo's tiny random models: not for real use, so absent unless the demo asks for them.
-DEMO_MODELS = frozenset({TINY_POLICY, TINY_PRM})
+DEMO_MODELS = frozenset({TINY_POLICY, TINY_PRM, SHAPES_POLICY})
 
 
 def demo_enabled() -> bool:
@@ -142,9 +146,10 @@ def register_bon(supported_VLM: dict) -> None:
     except OptionsError as exc:
         log.error("%s; every -BoN<N> name will refuse to build until it is fixed", exc)
         opts, factory = {}, RefuseToBuild(str(exc))
-    tiny_prm = os.environ.get(SPEC_ENV, TINY_PRM_SPEC)
+    demo_prms = {TINY_POLICY: os.environ.get(SPEC_ENV, TINY_PRM_SPEC),
+                 SHAPES_POLICY: os.environ.get(SPEC_ENV, f"transformers:{shapes_prm_path()}")}
     for base in [k for k in supported_VLM if "-BoN" not in k and k not in PRM_MODELS]:
-        extra = {"prm": tiny_prm} if base == TINY_POLICY else {}
+        extra = {"prm": demo_prms[base]} if base in demo_prms else {}
         for n in BON_SIZES:
             supported_VLM.setdefault(bon_name(base, n),
                                      partial(factory, model=base, n=n, name=bon_name(base, n), **extra, **opts))

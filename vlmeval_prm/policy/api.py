@@ -423,8 +423,9 @@ class GeminiAdapter(APIAdapter):
     sends, note = PER_CALL["GeminiWrapper"]
 
     def route(self, model: Any) -> Route:
-        if attr(model, "backend", "genai") != "genai":
-            return Route("unsupported", f"{self.name}: the {attr(model, 'backend')!r} backend sends no per-call settings")
+        backend = attr(model, "backend", "genai")
+        if backend != "genai":
+            return Route("unsupported", f"{self.name}: the {backend!r} backend sends no per-call settings")
         return super().route(model)
 
 

@@ -52,8 +52,14 @@ def factory_spec(factory: Any) -> ModelSpec:
     return ModelSpec(factory, kwargs)
 
 
-def model_routes(supported_vlm: dict, skip_classes: tuple[str, ...] = ("BestOfN",)) -> list[ModelRoute]:
-    """Every name whose class is not in ``skip_classes`` (the Best-of-N names derived from the others)."""
+#: Names that ``vlmeval.inference.infer_data`` builds with ``use_vllm=<--use-vllm>`` (ms-vlmeval 0.0.20).
+VLLM_NAME_PARTS = ("Llama-4", "Qwen2-VL", "Qwen2.5-VL")
+
+
+def model_routes(supported_vlm: dict, use_vllm: bool = False,
+                 skip_classes: tuple[str, ...] = ("BestOfN",)) -> list[ModelRoute]:
+    """Every name whose class is not in ``skip_classes`` (the Best-of-N names derived from the others),
+    built as ``vlmeval.run`` would build it (``use_vllm``: its ``--use-vllm`` flag)."""
     out = []
     for name, factory in supported_vlm.items():
         try:
@@ -63,6 +69,8 @@ def model_routes(supported_vlm: dict, skip_classes: tuple[str, ...] = ("BestOfN"
             continue
         if spec.cls.__name__ in skip_classes:
             continue
+        if use_vllm and any(part in name for part in VLLM_NAME_PARTS):
+            spec = ModelSpec(spec.cls, {**spec.kwargs, "use_vllm": True})
         _, route = route_of(spec)
         out.append(ModelRoute(name, spec.cls.__name__, route.route, route.reason))
     return out

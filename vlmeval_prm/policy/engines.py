@@ -114,6 +114,10 @@ class HFGenerate(Interceptor):
     """transformers ``generate``: settings are keyword arguments (they override a
     ``generation_config`` passed alongside), N sequences via ``num_return_sequences``."""
 
+    #: End and padding tokens of the intercepted model's own generation config (``bind_defaults``).
+    default_stops: frozenset = frozenset()
+    default_pad: int | None = None
+
     def expand(self, args, kwargs):
         kwargs = {**kwargs, **self.fields}
         if self.batch > 1:
@@ -146,8 +150,9 @@ class HFGenerate(Interceptor):
         prompt = self.key(args, kwargs)
         start = 0
         if (isinstance(prompt, torch.Tensor) and prompt.dtype in (torch.long, torch.int) and prompt.dim() == 2
-                and out.shape[1] >= prompt.shape[1] and torch.equal(out[0, :prompt.shape[1]], prompt[0].to(out.device))):
-            start = prompt.shape[1]
+                and out.shape[1] >= prompt.shape[1]
+                and torch.equal(out[0, :prompt.shape[1]], prompt[0].to(out.device))):
+            start = prompt.shape[1]  # decoder-only output: the prompt, then the new tokens
         stops = set(_as_list(self.fields.get("eos_token_id", kwargs.get("eos_token_id"))))
         pad = kwargs.get("pad_token_id")
         config = kwargs.get("generation_config")
@@ -166,9 +171,6 @@ class HFGenerate(Interceptor):
                     end -= 1
             rows.append(row[:start + end].unsqueeze(0))
         return rows
-
-    default_stops: set = frozenset()
-    default_pad: int | None = None
 
     def bind_defaults(self, target: Any) -> None:
         config = getattr(target, "generation_config", None)

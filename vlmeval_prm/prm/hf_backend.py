@@ -14,10 +14,24 @@ Two kinds of checkpoint, told apart by their ``config.json``:
 
 Either way the score of step k is softmax over the logits of {"+", "-"} at the position that
 predicts the k-th assistant "+" (VisualPRM's ``find_placeholder_idx``/soft score).
+
+Shared prefix (``share_prefix``, on by default): the N candidates of a question share their first
+tokens (system turn, image tokens, question), so that prefix is prefilled once, with the images,
+and its KV cache is expanded across a batch of candidates whose own tokens (the suffixes) extend it.
+Prefill work drops from N·P + ΣR_i tokens to P + ΣR_i, and the vision encoder runs once instead
+of N times. The prefix is the longest common token prefix, cut before the first position whose
+logits are read, so every score comes from a suffix forward. Batches are sized so the expanded
+caches fit ``kv_budget_mb``. Sharing needs a decoder whose positions are plain 1D offsets and
+whose image inputs enter only through the prompt's image tokens: remote-code InternVL (its
+``language_model`` extended after ``extract_feature`` fills the image tokens, as
+``InternVLChatModel.forward`` does) and the native types in ``SHARED_PREFIX_MODEL_TYPES``; other
+models (e.g. Qwen2-VL's 3D M-RoPE positions) are scored unshared. Scores match the unshared
+computation to float rounding (tests/test_prm_prefix.py).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 from vlmeval_prm.counters import bump
@@ -45,6 +59,14 @@ log = get_logger(__name__)
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 
+#: HF-native model types whose decoder uses 1D positions and takes images only through the prompt's
+#: image tokens, so a prefix KV cache extended by text-only suffixes gives the full forward's logits.
+SHARED_PREFIX_MODEL_TYPES = frozenset({"internvl", "llava", "llava_next", "llava_onevision"})
+#: Default memory for the candidates' expanded KV caches in one shared-prefix batch (MiB).
+KV_BUDGET_MB = 4096.0
+#: Processor outputs aligned with the text; every other output is image input, one equal block per row.
+_TEXT_KEYS = frozenset({"input_ids", "attention_mask"})
+
 
 def label_pattern(tokenizer, header: str, good: str) -> list[int]:
     """Token ids of an assistant header followed by the "+" label; the label must stay one token."""
@@ -61,6 +83,50 @@ def single_token(tokenizer, text: str) -> int:
     if len(ids) != 1:
         raise ValueError(f"PRM tokenizer splits {text!r} into {len(ids)} tokens; a one-token label is required")
     return ids[0]
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every row shares."""
+    first, shortest = rows[0], min(len(r) for r in rows)
+    for i in range(shortest):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return shortest
+
+
+def _cache_of(output):
+    """The KV cache a forward returned: ``cache`` (transformers 5) or ``past_key_values`` (4.x, and
+    remote code written for it, e.g. InternLM2's tuple of (key, value) per layer)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
+def _with_cache(module, cache) -> dict:
+    """``module.forward``'s keyword for a KV cache (``cache`` in transformers 5, else ``past_key_values``)."""
+    return {"cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values": cache}
+
+
+def _cache_layers(cache) -> list[tuple]:
+    """(key, value) per layer, each [batch, heads, tokens, dim]. Only caches that grow by concatenation
+    along the tokens (a full-attention ``DynamicCache``, legacy tuples) can be shared."""
+    if isinstance(cache, (tuple, list)):
+        return [tuple(layer[:2]) for layer in cache]
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        raise NotImplementedError(f"a {type(cache).__name__} cannot be shared across candidates")
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def expand_cache(cache, rows: int):
+    """A batch-1 prefix cache as a cache of the same kind for ``rows`` candidates. The prefix is not
+    copied here (views); each layer is materialised once, when the candidates' tokens extend it."""
+    layers = [(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) for k, v in _cache_layers(cache)]
+    return tuple(layers) if isinstance(cache, (tuple, list)) else type(cache)(layers)
+
+
+def cache_bytes(cache) -> int:
+    return sum(k.nbytes + v.nbytes for k, v in _cache_layers(cache))
 
 
 class _NativeInputs:
@@ -95,6 +161,45 @@ class _NativeInputs:
         if images:
             kwargs["images"] = [list(images) for _ in texts]
         return dict(self.processor(**kwargs).to(self.model.device))
+
+    # -- shared prefix: the model without its head (``base_model``), then the head on read positions
+
+    def can_share(self) -> str | None:
+        """None when the prefix can be shared, else why not."""
+        kind = self.model.config.model_type
+        return None if kind in SHARED_PREFIX_MODEL_TYPES else \
+            f"model type {kind!r} is not among those known to score the same from a shared prefix"
+
+    @property
+    def image_token_id(self) -> int | None:
+        config = self.model.config
+        return getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+
+    @property
+    def head(self):
+        return self.model.get_output_embeddings()
+
+    def split(self, texts: list[str], images) -> tuple[list[list[int]], dict]:
+        """Every row's token ids (unpadded) and one row's image inputs (they are the same for all rows)."""
+        enc = self.encode(texts, images)
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        rows = [ids[:n] for ids, n in zip(enc["input_ids"].tolist(), lengths)]
+        one = {}
+        for key, value in enc.items():
+            if key in _TEXT_KEYS:
+                continue
+            if value.shape[0] % len(texts):
+                raise ValueError(f"the processor's {key!r} does not split into {len(texts)} equal rows")
+            one[key] = value[:value.shape[0] // len(texts)]
+        return rows, one
+
+    def prefill(self, prefix, image_inputs: dict):
+        return _cache_of(self.model.base_model(input_ids=prefix[None], use_cache=True, **image_inputs))
+
+    def extend(self, cache, input_ids, attention_mask):
+        base = self.model.base_model
+        return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                    **_with_cache(base, cache)).last_hidden_state
 
 
 class _InternVLRemoteInputs:
@@ -149,6 +254,45 @@ class _InternVLRemoteInputs:
         return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
                 "pixel_values": pixel_values.to(device, dtype), "image_flags": flags.to(device)}
 
+    # -- shared prefix: ``language_model`` (its decoder, then its head), fed as InternVLChatModel.forward feeds it
+
+    def can_share(self) -> str | None:
+        return None
+
+    @property
+    def image_token_id(self) -> int:
+        return self.context_id
+
+    @property
+    def head(self):
+        return self.model.language_model.get_output_embeddings()
+
+    def split(self, texts: list[str], images) -> tuple[list[list[int]], dict]:
+        tiles, counts = images if images else ([], [])
+        return self.tokenizer([self.expand(t, counts) for t in texts])["input_ids"], {"tiles": tiles}
+
+    def prefill(self, prefix, image_inputs: dict):
+        """The prefix's KV cache. As in ``InternVLChatModel.forward`` (InternVL
+        ``internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py``): token embeddings with
+        every <IMG_CONTEXT> position replaced, in order, by ``extract_feature``'s tile embeddings."""
+        torch = self._torch
+        lm, device = self.model.language_model, self.model.device
+        prefix = prefix.to(device)
+        embeds = lm.get_input_embeddings()(prefix[None])
+        selected = prefix == self.context_id
+        tiles = image_inputs["tiles"]
+        vit = self.model.extract_feature(torch.cat(tiles).to(device, embeds.dtype)).reshape(-1, embeds.shape[-1]) \
+            if tiles else embeds[0, :0]
+        if vit.shape[0] != int(selected.sum()):
+            raise ValueError(f"{int(selected.sum())} image tokens in the prefix for {vit.shape[0]} tile embeddings")
+        embeds[0, selected] = vit.to(embeds.dtype)
+        return _cache_of(lm.get_decoder()(inputs_embeds=embeds, use_cache=True))
+
+    def extend(self, cache, input_ids, attention_mask):
+        decoder = self.model.language_model.get_decoder()
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                       **_with_cache(decoder, cache)).last_hidden_state
+
 
 class TransformersPRM(PRMScorer):
     """VisualPRM-format scoring in-process, for HF-native and remote-code InternVL PRMs.
@@ -159,18 +303,23 @@ class TransformersPRM(PRMScorer):
     ``config.json`` names it (``auto_map``), False refuses such a checkpoint. ``max_num``: InternVL
     tiles per image (remote-code checkpoints). ``template``: a name in ``conversation.TEMPLATES`` or
     a dict of ``ChatTemplate`` fields, for a remote-code checkpoint whose ``config.template`` is not
-    one we know; an HF-native checkpoint always uses its own chat template.
+    one we know; an HF-native checkpoint always uses its own chat template. ``share_prefix``: prefill
+    the prefix the candidates share once (see the module docstring); False scores every candidate in
+    full. ``kv_budget_mb``: memory the expanded KV caches of one shared-prefix batch may take.
     """
 
     def __init__(self, path: str, system_prompt: str | None = PRM_SYSTEM_PROMPT, template: str | dict | None = None,
                  batch_size: int = 8, device: str | None = None, dtype: str | None = None,
                  trust_remote_code: bool | None = None, attn_implementation: str | None = None,
-                 max_num: int = INTERNVL_MAX_TILES):
+                 max_num: int = INTERNVL_MAX_TILES, share_prefix: bool = True, kv_budget_mb: float = KV_BUDGET_MB):
         import torch
 
+        if batch_size < 1 or kv_budget_mb <= 0:
+            raise ValueError(f"batch_size must be >= 1 and kv_budget_mb > 0, got {batch_size} and {kv_budget_mb}")
         self._torch = torch
         self.identity = f"transformers:{path}"
         self.batch_size = batch_size
+        self.kv_budget = kv_budget_mb * 2 ** 20
         config = checkpoint_config(path)
         if uses_remote_code(config):
             if trust_remote_code is False:
@@ -191,6 +340,10 @@ class TransformersPRM(PRMScorer):
         self.good_id = single_token(self.tokenizer, self.fmt.good_token)
         self.bad_id = single_token(self.tokenizer, self.fmt.bad_token)
         self.max_length = getattr(self.tokenizer, "model_max_length", None)
+        why_not = self.inputs.can_share() if share_prefix else None
+        if why_not:
+            log.info("%s: scoring candidates without a shared prefix (%s)", path, why_not)
+        self.share_prefix = share_prefix and not why_not
 
     def placeholder_positions(self, input_ids: Sequence[int]) -> list[int]:
         """Positions of every assistant "+" placeholder (the last token of each header + label match)."""
@@ -209,6 +362,15 @@ class TransformersPRM(PRMScorer):
             loaded = self.inputs.images(images)
         except ValueError as exc:
             return [r or failed(steps_list[i], str(exc)) for i, r in enumerate(results)]
+        if self.share_prefix and len(todo) > 1:
+            try:
+                shared = self._score_shared(question, loaded, len(images), [steps_list[i] for i in todo])
+            except Exception as exc:  # e.g. out of memory in the prefill: the unshared path records what fails
+                log.warning("shared-prefix scoring failed (%s); scoring each candidate in full", exc)
+                shared = [None] * len(todo)
+            for i, res in zip(todo, shared):
+                results[i] = res
+            todo = [i for i in todo if results[i] is None]
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
             try:
@@ -249,3 +411,69 @@ class TransformersPRM(PRMScorer):
             pair = logits[row, [p - 1 for p in pos]][:, [self.good_id, self.bad_id]]
             out.append(StepScores(steps=steps, scores=torch.softmax(pair, dim=-1)[:, 0].tolist()))
         return out
+
+    def _score_shared(self, question: str, images, n_images: int,
+                      batch: list[list[str]]) -> list[StepScores | None]:
+        """Score ``batch`` from one prefill of the prefix its candidates share. None marks a candidate
+        left to the unshared path (the prefix cannot serve it, or its suffix batch failed)."""
+        torch = self._torch
+        rows, image_inputs = self.inputs.split([self.render(question, steps, n_images) for steps in batch], images)
+        out: list[StepScores | None] = [None] * len(batch)
+        reads: dict[int, list[int]] = {}  # candidate -> positions whose logits predict its "+" placeholders
+        for i, (steps, ids) in enumerate(zip(batch, rows)):
+            if self.max_length and len(ids) > self.max_length:
+                out[i] = failed(steps, f"context length exceeded: {len(ids)} > {self.max_length} tokens")
+                continue
+            pos = self.placeholder_positions(ids)
+            if len(pos) != len(steps):
+                out[i] = failed(steps, f"found {len(pos)} score placeholders for {len(steps)} steps")
+                continue
+            reads[i] = [p - 1 for p in pos]
+        if len(reads) < 2:
+            return out
+        # the shared tokens, up to the first position whose logits are read; image tokens must all be in it
+        prefix = min(common_prefix_length([rows[i] for i in reads]), min(r[0] for r in reads.values()))
+        image_token = self.inputs.image_token_id
+        shareable = [i for i in reads if prefix > 0 and image_token not in rows[i][prefix:]]
+        if len(shareable) < 2:
+            return out
+        with torch.inference_mode():
+            cache = self.inputs.prefill(torch.tensor(rows[shareable[0]][:prefix], device=self.model.device),
+                                        image_inputs)
+        bump("prm_forward_passes")
+        bump("prm_prefill_tokens", prefix)
+        per_row_token = cache_bytes(cache) / prefix
+        order = sorted(shareable, key=lambda i: len(rows[i]), reverse=True)  # similar lengths pad less
+        while order:
+            size = max(1, min(self.batch_size, int(self.kv_budget // (per_row_token * len(rows[order[0]])))))
+            chunk, order = order[:size], order[size:]
+            try:
+                scores = self._extend(cache, prefix, [rows[i] for i in chunk], [reads[i] for i in chunk])
+            except Exception as exc:  # left to the unshared path, which isolates the candidate that broke it
+                log.warning("shared-prefix batch of %d candidates failed (%s); scoring them in full", len(chunk), exc)
+                continue
+            for i, values in zip(chunk, scores):
+                out[i] = StepScores(steps=batch[i], scores=values)
+        return out
+
+    def _extend(self, cache, prefix: int, rows: list[list[int]], reads: list[list[int]]) -> list[list[float]]:
+        """One forward of the candidates' own tokens (right-padded) over the expanded prefix cache; the
+        head runs on the read positions only. P(+) per read position, per candidate."""
+        torch = self._torch
+        width = max(len(r) for r in rows) - prefix
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), prefix + width, dtype=torch.long)
+        mask[:, :prefix] = 1
+        for j, row in enumerate(rows):
+            ids[j, :len(row) - prefix] = torch.tensor(row[prefix:])
+            mask[j, prefix:len(row)] = 1
+        device = self.model.device
+        with torch.inference_mode():
+            hidden = self.inputs.extend(expand_cache(cache, len(rows)), ids.to(device), mask.to(device))
+            picked = torch.cat([hidden[j, [p - prefix for p in read]] for j, read in enumerate(reads)])
+            pair = self.inputs.head(picked)[:, [self.good_id, self.bad_id]].float()
+        bump("prm_forward_passes")
+        bump("prm_sequences", len(rows))
+        bump("prm_prefill_tokens", sum(len(r) - prefix for r in rows))
+        return [part.tolist() for part in torch.softmax(pair, dim=-1)[:, 0].split([len(read) for read in reads])]

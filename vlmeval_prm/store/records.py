@@ -11,8 +11,11 @@ A line from a newer version than this code knows is an error, never a guess.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -108,6 +111,40 @@ def _check_version(obj: dict, what: str) -> None:
                          f"{SCHEMA_VERSION}: upgrade vlmeval-prm")
 
 
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a field's declared type (the forms the records use)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:  # JSON writes 1.0 as 1.0, but a hand-made 1 is a number too
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1])
+                                               for k, v in value.items())
+    return isinstance(value, origin or hint)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _typed(cls: type, values: dict) -> Any:
+    """``cls(**values)``, or None when a value is not of its field's type (a corrupt line)."""
+    hints = _hints(cls)
+    if not all(_conforms(v, hints[k]) for k, v in values.items()):
+        return None
+    return cls(**values)
+
+
 def to_json(record: Record) -> dict[str, Any]:
     """The JSON object of one store line: ``kind``, ``v``, then the record's fields in order."""
     return {"kind": record.kind, VERSION_FIELD: SCHEMA_VERSION,
@@ -125,12 +162,7 @@ def from_json(obj: Any) -> Record | None:
     _check_version(obj, f"store line {kind} {obj['key']}")
     cls = RECORD_TYPES[kind]
     values = {f.name: obj[f.name] for f in fields(cls) if f.name in obj and obj[f.name] is not None}
-    try:
-        if "i" in values:
-            values["i"] = int(values["i"])
-        return cls(**values)
-    except (TypeError, ValueError):
-        return None
+    return _typed(cls, values)
 
 
 @dataclass(frozen=True)
@@ -169,7 +201,8 @@ class Summary:
             return None
         _check_version(obj, f"summary of {obj['key']}")
         values = {f.name: obj[f.name] for f in fields(cls) if obj.get(f.name) is not None}
-        values["n"] = int(values.get("n") or 0)
-        scores = values.get("scores") or []
-        values["scores"] = [s if s is None or math.isfinite(s) else None for s in scores]
-        return cls(**values)
+        values.setdefault("n", 0)
+        scores = values.get("scores")
+        if isinstance(scores, list):  # a NaN or inf score reads as unscored
+            values["scores"] = [s if not isinstance(s, float) or math.isfinite(s) else None for s in scores]
+        return _typed(cls, values)
