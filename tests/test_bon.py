@@ -87,16 +87,18 @@ def test_empty_generations_and_duplicates(make_bon, message, tmp_path, caplog, m
     assert entry.score(0, SPEC).error == "candidate has no steps" and entry.score(0, SPEC).retry is False
 
 
-def test_prm_failure_is_recorded_then_retried(make_bon, message, tmp_path):
+def test_prm_failure_is_recorded_then_retried_when_asked(make_bon, message, tmp_path):
     bon = make_bon()
-    bon.prm.max_length = 50  # every candidate overflows the PRM's context: a real PRM failure
+    bon.prm.max_length = 50  # every candidate overflows the PRM's context: a real, permanent PRM failure
     out = bon.generate(message, "Demo")
     summary = json.loads(out["extra_records"])
     assert out["prediction"].startswith(FAIL_MSG) and summary["failures"]["prm"] == 4
     (entry,) = store_of(tmp_path).values()
-    assert all(entry.score(i, SPEC).step_scores is None and entry.score(i, SPEC).retry for i in range(4))
+    assert all(entry.score(i, SPEC).step_scores is None and not entry.score(i, SPEC).retry for i in range(4))
     COUNTS.clear()
-    fixed = make_bon().generate(message, "Demo")  # a rerun with a working PRM scores them, samples nothing
+    make_bon().generate(message, "Demo")  # a plain rerun leaves a permanent failure alone
+    assert COUNTS["policy_sequences"] == 0 and COUNTS["prm_sequences"] == 0
+    fixed = make_bon(retry_failed=True).generate(message, "Demo")  # the user asks: scored, nothing sampled
     assert COUNTS["policy_sequences"] == 0 and COUNTS["prm_sequences"] == 4
     assert json.loads(fixed["extra_records"])["chosen"] is not None
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_hook import run_py
 
 pytestmark = pytest.mark.skipif(

@@ -152,8 +152,12 @@ def test_prm_spec_parses_or_says_why(spec):
         assert backend in ("transformers", "lmdeploy") and isinstance(target, str)
 
 
+#: What an environment variable can hold (no NUL, no lone surrogate).
+ENV_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+
+
 @SETTINGS
-@given(st.one_of(TEXT, JSON.map(json.dumps), st.dictionaries(st.sampled_from(
+@given(st.one_of(ENV_TEXT, JSON.map(json.dumps), st.dictionaries(st.sampled_from(
     list(plugin.BON_OPTIONS) + list(plugin.RESERVED_OPTIONS) + ["temprature", "x"]), JSON).map(json.dumps)))
 def test_options_parse_or_name_the_variable(monkeypatch_module, raw):
     monkeypatch_module.setenv(OPTIONS_ENV, raw)

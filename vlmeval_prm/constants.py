@@ -4,6 +4,10 @@
 MAX_STEPS = 12
 #: Steps are separated by a blank line (VisualPRM's ``response.split("\n\n")``).
 STEP_SEPARATOR = "\n\n"
+#: What Best-of-N appends to the question so that the policy answers in steps (the demo policy is trained on it).
+DEFAULT_STEP_PROMPT = (
+    "Solve the problem step by step. Put a blank line between steps, and state the final answer in the last step."
+)
 #: Where ``lmdeploy serve api_server`` listens by default: the PRM registered names use.
 DEFAULT_PRM_SPEC = "lmdeploy:http://127.0.0.1:23333"
 

@@ -294,6 +294,46 @@ def _recording(receive, path: str, bodies: list):
     return wrapped
 
 
+class _ReplayMiddleware:
+    """Answers an inference request it has answered before (same path, same body bytes) with the
+    recorded response after the injected latency, without LMDeploy or the engine. For measuring a
+    client alone: a replayed request costs the server only uvicorn's HTTP handling."""
+
+    def __init__(self, app, faults: Faults):
+        self.app = app
+        self.faults = faults
+        self._recorded: dict[tuple[str, bytes], list[dict]] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        key = (scope["path"], b"".join(chunks))
+        if key in self._recorded:
+            await asyncio.sleep(self.faults.latency)
+            for message in self._recorded[key]:
+                await send(message)
+            return
+        sent: list[dict] = []
+
+        async def replay_body():
+            return {"type": "http.request", "body": key[1], "more_body": False}
+
+        async def recording(message):
+            sent.append(message)
+            await send(message)
+
+        await self.app(scope, replay_body, recording)
+        start = next((m for m in sent if m["type"] == "http.response.start"), None)
+        if start is not None and start["status"] == 200:
+            body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+            self._recorded[key] = [start, {"type": "http.response.body", "body": body, "more_body": False}]
+
+
 def _error_response(status: int):
     """LMDeploy's own error body for ``status`` (the message of its matching error code)."""
     from lmdeploy.serve.core.exceptions import ErrorCode, RequestError
@@ -316,13 +356,14 @@ async def _drop_connection(send) -> None:
 
 def build_app(model_path: str, *, model_name: str | None = None, api_keys: list[str] | None = None,
               session_len: int | None = None, logprobs_mode: str | None = "raw_logprobs",
-              engine: str = "pytorch", max_batch_size: int = 256, forward_cache: int = 0,
+              engine: str = "pytorch", max_batch_size: int = 256, forward_cache: int = 0, replay: bool = False,
               chat_template: str | None = None, faults: Faults | None = None, stats: Stats | None = None,
               log_level: str = "ERROR"):
     """The ASGI app, assembled like ``lmdeploy.serve.openai.api_server.serve`` does.
 
     ``session_len`` is the context length (LMDeploy answers 400 beyond it); ``engine`` is
     "pytorch" or "turbomind"; ``forward_cache`` keeps that many forward results (benchmarks);
+    ``replay`` answers a repeated inference request with its recorded response (``_ReplayMiddleware``);
     ``chat_template`` is ``--chat-template`` (a builtin name or a JSON file, read by LMDeploy's CLI
     helper); ``log_level`` is LMDeploy's logger level (``serve`` defaults to ERROR too).
     """
@@ -365,7 +406,7 @@ def build_app(model_path: str, *, model_name: str | None = None, api_keys: list[
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
     if api_keys:
         app.add_middleware(AuthenticationMiddleware, tokens=list(api_keys))
-    return _FaultMiddleware(app, faults, stats)
+    return _FaultMiddleware(_ReplayMiddleware(app, faults) if replay else app, faults, stats)
 
 
 def label_boosted_copy(src: str, dst: str, boosts: dict[str, float]) -> str:
@@ -486,9 +527,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", default="pytorch", choices=["pytorch", "turbomind"])
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--forward-cache", type=int, default=0)
+    parser.add_argument("--replay", action="store_true", help="answer repeated requests with recorded responses")
     args = parser.parse_args(argv)
     with serve_standin(args.model, latency=args.latency, model_name=args.model_name, engine=args.engine,
-                       forward_cache=args.forward_cache) as server:
+                       forward_cache=args.forward_cache, replay=args.replay) as server:
         print(f"READY {server.url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

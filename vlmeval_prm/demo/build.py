@@ -82,7 +82,8 @@ def _build(out: Path, recipe: Recipe) -> None:
                 f.write(json.dumps({"index": x.problem.index, "steps": x.steps, "labels": x.labels, "mc": x.mc,
                                     "correct": x.correct}) + "\n")
     info = {"recipe": recipe.to_dict(), "seconds": timer.times, "torch_threads": torch.get_num_threads(),
-            "policy_loss": [round(v, 4) for v in policy_losses[-10:]], "prm_loss": [round(v, 4) for v in prm_losses[-10:]],
+            "policy_loss": [round(v, 4) for v in policy_losses[-10:]],
+            "prm_loss": [round(v, 4) for v in prm_losses[-10:]],
             "train_labels": _stats(labelled), "heldout_labels": _stats(heldout)}
     (out / BUILD_INFO).write_text(json.dumps(info, indent=1))
 

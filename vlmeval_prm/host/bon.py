@@ -19,7 +19,7 @@ import torch
 from vlmeval.inference import FAIL_MSG  # VLMEvalKit retries predictions holding it on the next run
 from vlmeval.vlm.base import BaseModel
 
-from vlmeval_prm.constants import DEFAULT_PRM_SPEC, MAX_STEPS, SPEC_ENV
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEFAULT_STEP_PROMPT, MAX_STEPS, SPEC_ENV
 from vlmeval_prm.host.run_context import store_path
 from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
@@ -33,9 +33,6 @@ from vlmeval_prm.store.records import CandidateRecord, SampleRecord, ScoreRecord
 
 log = get_logger(__name__)
 
-DEFAULT_STEP_PROMPT = (
-    "Solve the problem step by step. Put a blank line between steps, and state the final answer in the last step."
-)
 
 
 def sample_key(dataset: str | None, message: list[dict]) -> str:

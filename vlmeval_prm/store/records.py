@@ -162,6 +162,8 @@ def from_json(obj: Any) -> Record | None:
     _check_version(obj, f"store line {kind} {obj['key']}")
     cls = RECORD_TYPES[kind]
     values = {f.name: obj[f.name] for f in fields(cls) if f.name in obj and obj[f.name] is not None}
+    if isinstance(values.get("i"), str) and values["i"].isdecimal():  # an index written as text
+        values["i"] = int(values["i"])
     return _typed(cls, values)
 
 
