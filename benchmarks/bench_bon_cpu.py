@@ -91,13 +91,19 @@ def main() -> None:
         s = args.samples
         print(f"tiny models on CPU, {s} samples, N={args.n}, {steps_total / (s * args.n):.1f} steps per candidate")
         print(f"policy generate calls per sample: batched {calls_batched / s:.0f}, sequential {calls_seq / s:.0f}")
-        print(f"sampling wall time per sample: batched {t_batched / s:.2f}s, sequential {t_seq / s:.2f}s, "
-              f"sequential/batched = {t_seq / t_batched:.2f}x")
-        print(f"PRM forward passes per sample: {COUNTS['prm_forward_passes'] / s:.0f} batched "
-              f"({sequences / s:.0f} sequences, one per candidate); one pass per step prefix would be "
-              f"{steps_total / s:.0f}")
-        print(f"PRM prefill tokens per sample: one pass per candidate {one_pass_tokens / s:.0f}, "
-              f"per step prefix {prefix_pass_tokens / s:.0f} ({prefix_pass_tokens / one_pass_tokens:.2f}x)")
+        print(
+            f"sampling wall time per sample: batched {t_batched / s:.2f}s, sequential {t_seq / s:.2f}s, "
+            f"sequential/batched = {t_seq / t_batched:.2f}x"
+        )
+        print(
+            f"PRM forward passes per sample: {COUNTS['prm_forward_passes'] / s:.0f} batched "
+            f"({sequences / s:.0f} sequences, one per candidate); one pass per step prefix would be "
+            f"{steps_total / s:.0f}"
+        )
+        print(
+            f"PRM prefill tokens per sample: one pass per candidate {one_pass_tokens / s:.0f}, "
+            f"per step prefix {prefix_pass_tokens / s:.0f} ({prefix_pass_tokens / one_pass_tokens:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,11 +37,30 @@ sys.path.insert(0, str(TESTS))
 
 
 def start_server(model: str, latency: float) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "standins.lmdeploy_standin", "--model", model,
-           "--model-name", "tiny-prm", "--latency", str(latency), "--forward-cache", "4096"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                 "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])})
+    cmd = [
+        sys.executable,
+        "-m",
+        "standins.lmdeploy_standin",
+        "--model",
+        model,
+        "--model-name",
+        "tiny-prm",
+        "--latency",
+        str(latency),
+        "--forward-cache",
+        "4096",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
     line = proc.stdout.readline()
     if not line.startswith("READY "):
         proc.kill()
@@ -56,8 +75,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_mode(url: str, server_pid: int, name: str, options: dict, question: str, images: list[str],
-             candidates: list[list[str]], concurrency: int, latency: float) -> dict:
+def run_mode(
+    url: str,
+    server_pid: int,
+    name: str,
+    options: dict,
+    question: str,
+    images: list[str],
+    candidates: list[list[str]],
+    concurrency: int,
+    latency: float,
+) -> dict:
     from vlmeval_prm.prm.lmdeploy_backend import LMDeployPRM
 
     prm = LMDeployPRM(url, concurrency=concurrency, **options)
@@ -77,15 +105,31 @@ def run_mode(url: str, server_pid: int, name: str, options: dict, question: str,
     per_cand = [r.meta["requests"] for r in results]
     waves = math.ceil(sum(per_cand) / concurrency) + (requests - sum(per_cand))  # + the serial prefix request
     rows = [r.meta.get("logprob_rows", r.meta["requests"]) for r in results]
-    return {"mode": name, "req/cand": mean(per_cand),
-            "prompt tok/cand": mean(r.meta["prompt_tokens"] for r in results), "rows/cand": mean(rows),
-            "requests sent": requests, "wall s": wall, "req/s": requests / wall, "ideal req/s": ideal,
-            "of C/L": requests / wall / ideal, "of pattern": waves * latency / wall,
-            "client CPU ms/req": 1000 * cpu / requests, "server CPU ms/req": 1000 * server_cpu / requests}
+    return {
+        "mode": name,
+        "req/cand": mean(per_cand),
+        "prompt tok/cand": mean(r.meta["prompt_tokens"] for r in results),
+        "rows/cand": mean(rows),
+        "requests sent": requests,
+        "wall s": wall,
+        "req/s": requests / wall,
+        "ideal req/s": ideal,
+        "of C/L": requests / wall / ideal,
+        "of pattern": waves * latency / wall,
+        "client CPU ms/req": 1000 * cpu / requests,
+        "server CPU ms/req": 1000 * server_cpu / requests,
+    }
 
 
-def bare_client(url: str, server_pid: int, question: str, images: list[str], candidates: list[list[str]],
-                concurrency: int, latency: float) -> dict:
+def bare_client(
+    url: str,
+    server_pid: int,
+    question: str,
+    images: list[str],
+    candidates: list[list[str]],
+    concurrency: int,
+    latency: float,
+) -> dict:
     """The same /generate requests, prepared beforehand, sent by httpx alone (nothing parsed)."""
     import httpx
 
@@ -93,20 +137,31 @@ def bare_client(url: str, server_pid: int, question: str, images: list[str], can
     from vlmeval_prm.prm.lmdeploy_backend import GENERATE_TOP_LOGPROBS, IMAGE_TOKEN, image_data_url
 
     urls = [image_data_url(p) for p in images]
-    payloads = [{"prompt": render_prompt(question, c, len(urls), PRMFormat(), image=IMAGE_TOKEN + "\n"),
-                 "image_data": urls, "max_tokens": 0, "return_logprob": True, "stream": True,
-                 "top_logprobs_num": GENERATE_TOP_LOGPROBS, "logprob_start_len": 0} for c in candidates]
+    payloads = [
+        {
+            "prompt": render_prompt(question, c, len(urls), PRMFormat(), image=IMAGE_TOKEN + "\n"),
+            "image_data": urls,
+            "max_tokens": 0,
+            "return_logprob": True,
+            "stream": True,
+            "top_logprobs_num": GENERATE_TOP_LOGPROBS,
+            "logprob_start_len": 0,
+        }
+        for c in candidates
+    ]
 
     async def send_all(pools, slots):
         async def one(i, payload):
             async with slots:
                 resp = await pools[i % len(pools)].post(f"{url}/generate", json=payload)
                 resp.raise_for_status()
+
         await asyncio.gather(*(one(i, p) for i, p in enumerate(payloads)))
 
     async def run():
-        pools = [httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=8))
-                 for _ in range(0, concurrency, 8)]
+        pools = [
+            httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=8)) for _ in range(0, concurrency, 8)
+        ]
         slots = asyncio.Semaphore(concurrency)
         await send_all(pools, slots)  # warm-up
         server0, cpu0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
@@ -118,10 +173,20 @@ def bare_client(url: str, server_pid: int, question: str, images: list[str], can
 
     wall, cpu, server_cpu = asyncio.run(run())
     n = len(payloads)
-    return {"mode": "bare httpx (generate)", "req/cand": 1, "prompt tok/cand": float("nan"), "rows/cand": float("nan"),
-            "requests sent": n, "wall s": wall, "req/s": n / wall, "ideal req/s": concurrency / latency,
-            "of C/L": n / wall / (concurrency / latency), "of pattern": math.ceil(n / concurrency) * latency / wall,
-            "client CPU ms/req": 1000 * cpu / n, "server CPU ms/req": 1000 * server_cpu / n}
+    return {
+        "mode": "bare httpx (generate)",
+        "req/cand": 1,
+        "prompt tok/cand": float("nan"),
+        "rows/cand": float("nan"),
+        "requests sent": n,
+        "wall s": wall,
+        "req/s": n / wall,
+        "ideal req/s": concurrency / latency,
+        "of C/L": n / wall / (concurrency / latency),
+        "of pattern": math.ceil(n / concurrency) * latency / wall,
+        "client CPU ms/req": 1000 * cpu / n,
+        "server CPU ms/req": 1000 * server_cpu / n,
+    }
 
 
 def main() -> None:
@@ -139,28 +204,43 @@ def main() -> None:
         model = label_boosted_copy(tiny_model_path("prm"), os.path.join(tmp, "prm"), {"+": 8.0, "-": 8.0})
         image = os.path.join(tmp, "figure.png")
         Image.new("RGB", (320, 240), (30, 120, 200)).save(image)
-        candidates = [[f"Step {s + 1} of candidate {c}: the side is {c + s} so the area is {(c + s) ** 2}."
-                       for s in range(args.steps)] for c in range(args.candidates)]
+        candidates = [
+            [
+                f"Step {s + 1} of candidate {c}: the side is {c + s} so the area is {(c + s) ** 2}."
+                for s in range(args.steps)
+            ]
+            for c in range(args.candidates)
+        ]
         proc, url = start_server(model, args.latency)
         try:
-            variants = {"generate": {"mode": "generate"},
-                        "generate, skip prefix": {"mode": "generate", "skip_prefix_rows": True},
-                        "chat": {"mode": "chat"}}
+            variants = {
+                "generate": {"mode": "generate"},
+                "generate, skip prefix": {"mode": "generate", "skip_prefix_rows": True},
+                "chat": {"mode": "chat"},
+            }
             question = "What is the area of the square?"
-            rows = [run_mode(url, proc.pid, name, options, question, [image], candidates, args.concurrency,
-                             args.latency) for name, options in variants.items()]
+            rows = [
+                run_mode(url, proc.pid, name, options, question, [image], candidates, args.concurrency, args.latency)
+                for name, options in variants.items()
+            ]
             rows.append(bare_client(url, proc.pid, question, [image], candidates, args.concurrency, args.latency))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
 
-    print(f"LMDeploy PRM client: {args.candidates} candidates x {args.steps} steps, 1 image, "
-          f"engine latency {args.latency}s/request, concurrency {args.concurrency}")
+    print(
+        f"LMDeploy PRM client: {args.candidates} candidates x {args.steps} steps, 1 image, "
+        f"engine latency {args.latency}s/request, concurrency {args.concurrency}"
+    )
     keys = list(rows[0])
     print(" | ".join(f"{k:>21}" if k == "mode" else f"{k:>9}" for k in keys))
     for row in rows:
-        print(" | ".join(f"{v:>21}" if k == "mode" else f"{v:>9.3f}" if isinstance(v, float) else f"{v!s:>9}"
-                         for k, v in row.items()))
+        print(
+            " | ".join(
+                f"{v:>21}" if k == "mode" else f"{v:>9.3f}" if isinstance(v, float) else f"{v!s:>9}"
+                for k, v in row.items()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ def questions(k: int, folder: str) -> list[list[dict]]:
     for i in range(k):
         path = os.path.join(folder, f"q{i}.png")
         Image.new("RGB", (64 + 8 * i, 48), ("red", "green", "blue", "white")[i % 4]).save(path)
-        out.append([{"type": "image", "value": path},
-                    {"type": "text", "value": f"How many shapes are in figure {i}? A. 1 B. 2 C. 3 D. 4"}])
+        out.append(
+            [
+                {"type": "image", "value": path},
+                {"type": "text", "value": f"How many shapes are in figure {i}? A. 1 B. 2 C. 3 D. 4"},
+            ]
+        )
     return out
 
 
@@ -92,11 +96,15 @@ def main() -> None:
         qs = questions(args.questions, folder)
         rows = [run(c, *CLASSES[c], args, qs, args.cache) for c in args.classes]
     print(f"\nN={args.n}, {args.questions} questions, max_new_tokens={args.max_new_tokens}, CPU, tiny random weights")
-    print(f"{'class':<20} {'route':<8} {'calls/q seq':>11} {'calls/q batched':>15} {'seq s':>7} {'batched s':>9} "
-          f"{'seq/batched':>11}")
+    print(
+        f"{'class':<20} {'route':<8} {'calls/q seq':>11} {'calls/q batched':>15} {'seq s':>7} {'batched s':>9} "
+        f"{'seq/batched':>11}"
+    )
     for r in rows:
-        print(f"{r['class']:<20} {r['route']:<8} {r['sequential_calls']:>11.1f} {r['batched_calls']:>15.1f} "
-              f"{r['sequential_s']:>7.2f} {r['batched_s']:>9.2f} {r['sequential_s'] / r['batched_s']:>10.1f}x")
+        print(
+            f"{r['class']:<20} {r['route']:<8} {r['sequential_calls']:>11.1f} {r['batched_calls']:>15.1f} "
+            f"{r['sequential_s']:>7.2f} {r['batched_s']:>9.2f} {r['sequential_s'] / r['batched_s']:>10.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,35 @@ import argparse
 import time
 
 #: Qwen/Qwen2.5-VL-7B-Instruct config.json (the values that shape compute).
-TEXT = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-            num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-            bos_token_id=151643, eos_token_id=151645, tie_word_embeddings=False)
-VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
-              spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
-              hidden_act="silu", in_channels=3, tokens_per_second=2)
+TEXT = dict(
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=128000,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    bos_token_id=151643,
+    eos_token_id=151645,
+    tie_word_embeddings=False,
+)
+VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    out_hidden_size=3584,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    hidden_act="silu",
+    in_channels=3,
+    tokens_per_second=2,
+)
 IMAGE, VISION_START, VISION_END = 151655, 151652, 151653
 
 
@@ -33,9 +55,15 @@ def build(args):
     text = {**TEXT, "num_hidden_layers": args.layers or TEXT["num_hidden_layers"]}
     vision = {**VISION, "depth": args.vision_depth or VISION["depth"]}
     vision["fullatt_block_indexes"] = [i for i in VISION["fullatt_block_indexes"] if i < vision["depth"]]
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE, video_token_id=151656,
-                              vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
-                              tie_word_embeddings=False)
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE,
+        video_token_id=151656,
+        vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+        tie_word_embeddings=False,
+    )
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -59,17 +87,26 @@ def inputs(args, dtype):
     gen = torch.Generator().manual_seed(1)
     text = torch.randint(0, 150000, (args.prompt_tokens,), generator=gen)
     ids = torch.cat([torch.tensor([VISION_START]), torch.full((n_image,), IMAGE), torch.tensor([VISION_END]), text])
-    return {"input_ids": ids[None].to(args.device), "attention_mask": torch.ones(1, len(ids), dtype=torch.long,
-                                                                                  device=args.device),
-            "pixel_values": pix["pixel_values"].to(args.device, dtype),
-            "image_grid_thw": pix["image_grid_thw"].to(args.device)}
+    return {
+        "input_ids": ids[None].to(args.device),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=args.device),
+        "pixel_values": pix["pixel_values"].to(args.device, dtype),
+        "image_grid_thw": pix["image_grid_thw"].to(args.device),
+    }
 
 
 def timed(model, batch, n, new_tokens, device):
     import torch
 
-    kwargs = dict(do_sample=True, temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=new_tokens,
-                  min_new_tokens=new_tokens, num_return_sequences=n)
+    kwargs = dict(
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.95,
+        top_k=0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        num_return_sequences=n,
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -97,8 +134,10 @@ def main() -> None:
     batch = inputs(args, dtype)
     timed(model, batch, 2, min(8, args.new_tokens), args.device)  # warm-up (kernels, allocator)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    print(f"Qwen2.5-VL-7B architecture, random weights, {dtype}, {name}; prompt {batch['input_ids'].shape[1]} "
-          f"tokens incl. one 448 px image, {args.new_tokens} new tokens per candidate")
+    print(
+        f"Qwen2.5-VL-7B architecture, random weights, {dtype}, {name}; prompt {batch['input_ids'].shape[1]} "
+        f"tokens incl. one 448 px image, {args.new_tokens} new tokens per candidate"
+    )
     print(f"{'N':>3} {'sequential tok/s':>17} {'batched tok/s':>14} {'speed-up':>9}")
     for n in args.n:
         seq = sum(timed(model, batch, 1, args.new_tokens, args.device) for _ in range(n))

@@ -23,8 +23,10 @@ from PIL import Image
 from vlmeval_prm.counters import COUNTS
 from vlmeval_prm.prm.hf_backend import TransformersPRM, common_prefix_length
 
-WORDS = ("the side is so area angle triangle circle radius length value total sum of equals therefore "
-         "option because each line point graph first next then finally").split()
+WORDS = (
+    "the side is so area angle triangle circle radius length value total sum of equals therefore "
+    "option because each line point graph first next then finally"
+).split()
 
 
 def workload(n_questions: int, n: int, folder: str) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -35,12 +37,15 @@ def workload(n_questions: int, n: int, folder: str) -> list[tuple[str, list[str]
         images = []
         for k in range(1 + q % 2):
             path = os.path.join(folder, f"q{q}-{k}.png")
-            Image.new("RGB", (rng.randint(60, 200), rng.randint(60, 200)),
-                      tuple(rng.randrange(256) for _ in range(3))).save(path)
+            Image.new(
+                "RGB", (rng.randint(60, 200), rng.randint(60, 200)), tuple(rng.randrange(256) for _ in range(3))
+            ).save(path)
             images.append(path)
         question = f"Question {q}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) + "?"
-        candidates = [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + "."
-                       for _ in range(rng.randint(1, 9))] for _ in range(n)]
+        candidates = [
+            [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + "." for _ in range(rng.randint(1, 9))]
+            for _ in range(n)
+        ]
         out.append((question, images, candidates))
     return out
 
@@ -76,16 +81,26 @@ def main() -> None:
         limit = sum(limit_tokens(shared, *item) for item in work)
 
     full_tokens, shared_tokens = full_counts["prm_prefill_tokens"], shared_counts["prm_prefill_tokens"]
-    diffs = [abs(a - b) for per_q_a, per_q_b in zip(shared_scores, full_scores)
-             for ra, rb in zip(per_q_a, per_q_b) for a, b in zip(ra.scores, rb.scores)]
+    diffs = [
+        abs(a - b)
+        for per_q_a, per_q_b in zip(shared_scores, full_scores)
+        for ra, rb in zip(per_q_a, per_q_b)
+        for a, b in zip(ra.scores, rb.scores)
+    ]
     failures = sum(not r.ok for per_q in shared_scores + full_scores for r in per_q)
     steps = sum(len(c) for _, _, cands in work for c in cands)
-    print(f"workload: {args.questions} questions x {args.n} candidates, 1-2 images, {steps} steps "
-          f"(tiny PRM, CPU); {failures} failed candidates")
-    print(f"prefill tokens, every candidate in full (N*P + sum R_i): {full_tokens:,} "
-          f"in {full_counts['prm_forward_passes']} forward passes, {full_wall:.2f}s")
-    print(f"prefill tokens, shared prefix: {shared_tokens:,} "
-          f"in {shared_counts['prm_forward_passes']} forward passes, {shared_wall:.2f}s")
+    print(
+        f"workload: {args.questions} questions x {args.n} candidates, 1-2 images, {steps} steps "
+        f"(tiny PRM, CPU); {failures} failed candidates"
+    )
+    print(
+        f"prefill tokens, every candidate in full (N*P + sum R_i): {full_tokens:,} "
+        f"in {full_counts['prm_forward_passes']} forward passes, {full_wall:.2f}s"
+    )
+    print(
+        f"prefill tokens, shared prefix: {shared_tokens:,} "
+        f"in {shared_counts['prm_forward_passes']} forward passes, {shared_wall:.2f}s"
+    )
     print(f"limit P + sum R_i: {limit:,}")
     print(f"full / shared prefill tokens: {full_tokens / shared_tokens:.2f}x")
     print(f"scores, shared vs full: max |difference| {max(diffs):.1e} over {len(diffs)} steps")

@@ -49,8 +49,14 @@ def judge_server():
 
 @pytest.fixture
 def judge_kwargs(judge_server):
-    return {"model": JUDGE, "api_base": f"{judge_server.url}/v1/chat/completions", "key": "sk-standin",
-            "retry": 1, "wait": 0, "nproc": 2}
+    return {
+        "model": JUDGE,
+        "api_base": f"{judge_server.url}/v1/chat/completions",
+        "key": "sk-standin",
+        "retry": 1,
+        "wait": 0,
+        "nproc": 2,
+    }
 
 
 def prediction_table(dataset):
@@ -86,9 +92,14 @@ def test_registry_covers_the_paper_benchmarks(mathvista):
     from vlmeval.dataset import Dynamath, LogicVista, MathVerse, MathVision, MMMUDataset, WeMath
 
     names = {find_benchmark(mathvista).name}
-    for cls, name in [(MathVision, "MathVision_MINI"), (MathVerse, "MathVerse_MINI_Vision_Only"),
-                      (Dynamath, "DynaMath"), (WeMath, "WeMath"), (LogicVista, "LogicVista"),
-                      (MMMUDataset, "MMMU_DEV_VAL")]:
+    for cls, name in [
+        (MathVision, "MathVision_MINI"),
+        (MathVerse, "MathVerse_MINI_Vision_Only"),
+        (Dynamath, "DynaMath"),
+        (WeMath, "WeMath"),
+        (LogicVista, "LogicVista"),
+        (MMMUDataset, "MMMU_DEV_VAL"),
+    ]:
         probe = cls.__new__(cls)
         probe.dataset_name = name
         names.add(find_benchmark(probe).name)
@@ -113,9 +124,16 @@ def test_mathvista_verdicts_are_vlmevalkits_for_each_candidate_alone(mathvista, 
         overall = score.set_index("Task&Skill").loc["Overall", "acc"]
         assert overall == pytest.approx(100 * np.mean(ours[i]))
     # rule first: answers that are exactly the answer never reach the judge; duplicates reach it once
-    judged = {(r, t) for cand in texts for r, t in enumerate(cand)
-              if not (t.strip() == str(table["answer"].iloc[r]) or table["question_type"].iloc[r] == "multi_choice"
-                      and t.strip() in ("C",))}
+    judged = {
+        (r, t)
+        for cand in texts
+        for r, t in enumerate(cand)
+        if not (
+            t.strip() == str(table["answer"].iloc[r])
+            or table["question_type"].iloc[r] == "multi_choice"
+            and t.strip() in ("C",)
+        )
+    }
     assert ours_calls <= len(judged) + 1  # + VLMEvalKit's working() check
     assert ours_calls < sum(len(c) for c in texts)
 
@@ -126,8 +144,14 @@ def test_second_report_makes_no_judge_call(mathvista, judge_server, judge_kwargs
     bench = find_benchmark(mathvista)
     first = judge_benchmark(bench, mathvista, table, texts, JudgeCache(str(tmp_path / "j.jsonl")), judge_kwargs)
     before = judge_server.chat_calls
-    again = judge_benchmark(bench, mathvista, table, texts, JudgeCache(str(tmp_path / "j.jsonl")),
-                            {**judge_kwargs, "nproc": 1, "api_base": "http://127.0.0.1:9/v1/chat/completions"})
+    again = judge_benchmark(
+        bench,
+        mathvista,
+        table,
+        texts,
+        JudgeCache(str(tmp_path / "j.jsonl")),
+        {**judge_kwargs, "nproc": 1, "api_base": "http://127.0.0.1:9/v1/chat/completions"},
+    )
     assert again == first
     assert judge_server.chat_calls == before  # nothing sent: not even the working() check
     assert "sk-standin" not in (tmp_path / "j.jsonl").read_text()  # no API key on disk
@@ -156,8 +180,14 @@ def test_judge_failure_is_unscored_and_asked_again(mathvista, judge_server, judg
 def test_a_benchmark_that_needs_a_judge_refuses_exact_matching(mathvista, tmp_path):
     table = prediction_table(mathvista)
     with pytest.raises(CannotJudge, match="--judge"):
-        judge_benchmark(find_benchmark(mathvista), mathvista, table, [["14"] * len(table)],
-                        JudgeCache(str(tmp_path / "j.jsonl")), {"model": "exact_matching"})
+        judge_benchmark(
+            find_benchmark(mathvista),
+            mathvista,
+            table,
+            [["14"] * len(table)],
+            JudgeCache(str(tmp_path / "j.jsonl")),
+            {"model": "exact_matching"},
+        )
     assert not (tmp_path / "j.jsonl").exists()
 
 
@@ -165,10 +195,14 @@ def test_a_judge_that_does_not_answer_stops_before_judging(mathvista, tmp_path):
     table = prediction_table(mathvista)
     with serve_scripted(lambda prompt, payload: None) as dead:
         with pytest.raises(CannotJudge, match="working"):
-            judge_benchmark(find_benchmark(mathvista), mathvista, table, [["The answer is 3"] * len(table)],
-                            JudgeCache(str(tmp_path / "j.jsonl")),
-                            {"model": JUDGE, "api_base": f"{dead.url}/v1/chat/completions", "key": "k", "retry": 1,
-                             "wait": 0})
+            judge_benchmark(
+                find_benchmark(mathvista),
+                mathvista,
+                table,
+                [["The answer is 3"] * len(table)],
+                JudgeCache(str(tmp_path / "j.jsonl")),
+                {"model": JUDGE, "api_base": f"{dead.url}/v1/chat/completions", "key": "k", "retry": 1, "wait": 0},
+            )
 
 
 # -- DynaMath -------------------------------------------------------------------------------------------
@@ -230,8 +264,12 @@ def option_candidates(rows, judge_path=True):
         wrong = next(c for c in letters if c not in answer)
         text = row.get(answer) if answer in "ABCDE" and row.get(answer) else answer
         both = f"Both {wrong} and {answer} look plausible.\n\nThe answer is {answer}"
-        out[int(row["index"])] = [f"The answer is {answer}", f"The answer is {wrong}",
-                                  both if judge_path else f"Answer: {answer}", f"I think it is {text}."]
+        out[int(row["index"])] = [
+            f"The answer is {answer}",
+            f"The answer is {wrong}",
+            both if judge_path else f"Answer: {answer}",
+            f"I think it is {text}.",
+        ]
     return out
 
 
@@ -244,9 +282,12 @@ def wemath_candidates(rows):
         answer, multi = row["answer"], row["key"].endswith("multi")
         wrong = "ABCD"[("ABCD".index(answer) + 1) % 4]
         judge_path = f"Maybe {wrong} or {answer}.\n\nThe answer is {answer}"
-        out[int(row["index"])] = [f"Answer: {answer}", f"Answer: {answer if multi else wrong}",
-                                  f"Answer: {answer if r % 2 or multi and row['ID'] == 1 else wrong}",
-                                  f"Answer: {answer}" if r % 3 else judge_path]
+        out[int(row["index"])] = [
+            f"Answer: {answer}",
+            f"Answer: {answer if multi else wrong}",
+            f"Answer: {answer if r % 2 or multi and row['ID'] == 1 else wrong}",
+            f"Answer: {answer}" if r % 3 else judge_path,
+        ]
     return out
 
 
@@ -254,8 +295,12 @@ def free_candidates(rows, extra):
     out = {}
     for row in rows:
         answer = str(row["answer"])
-        out[int(row["index"])] = [f"The answer is {answer}", "The answer is 99", extra.get(int(row["index"]), answer),
-                                  f"Step 1: look.\n\nThe answer is {answer}."]
+        out[int(row["index"])] = [
+            f"The answer is {answer}",
+            "The answer is 99",
+            extra.get(int(row["index"]), answer),
+            f"Step 1: look.\n\nThe answer is {answer}.",
+        ]
     return out
 
 
@@ -299,14 +344,27 @@ def _circular_theirs(score, eval_file, table):
 
 
 CASES = {  # name -> (VLMEvalKit class, rows builder, candidates builder, judge, VLMEvalKit's numbers)
-    "MathVision_MINI": ("MathVision", "mathvision_rows",
-                        lambda rows: free_candidates(rows, {3: "0.5", 2: "It is a square."}), JUDGE,
-                        _mathvision_theirs),
-    "MathVerse_MINI_Vision_Only": ("MathVerse", "mathverse_rows", lambda rows: free_candidates(rows, {}), JUDGE,
-                                   _mathverse_theirs),
-    "LogicVista": ("LogicVista", "logicvista_rows",
-                   lambda rows: free_candidates(rows, {3: "The answer is BD", 1: "The answer is A, C"}), JUDGE,
-                   _logicvista_theirs),
+    "MathVision_MINI": (
+        "MathVision",
+        "mathvision_rows",
+        lambda rows: free_candidates(rows, {3: "0.5", 2: "It is a square."}),
+        JUDGE,
+        _mathvision_theirs,
+    ),
+    "MathVerse_MINI_Vision_Only": (
+        "MathVerse",
+        "mathverse_rows",
+        lambda rows: free_candidates(rows, {}),
+        JUDGE,
+        _mathverse_theirs,
+    ),
+    "LogicVista": (
+        "LogicVista",
+        "logicvista_rows",
+        lambda rows: free_candidates(rows, {3: "The answer is BD", 1: "The answer is A, C"}),
+        JUDGE,
+        _logicvista_theirs,
+    ),
     "MMMU_DEV_VAL": ("MMMUDataset", "mmmu_rows", option_candidates, JUDGE, _mmmu_theirs),
     "WeMath": ("WeMath", "wemath_rows", wemath_candidates, JUDGE, _wemath_theirs),
     "WeMath_exact": ("WeMath", "wemath_rows", wemath_candidates, "exact_matching", _wemath_theirs),

@@ -20,6 +20,7 @@ def make_bon(tiny_paths, tmp_path, monkeypatch):
     def make(**kw):
         base = {"class": "TransformersChat", "model_path": "tiny:policy", "max_new_tokens": 24}
         return BestOfN(model=base, prm=SPEC, name="tiny-bon", **{"n": 4, **kw})
+
     return make
 
 

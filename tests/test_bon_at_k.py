@@ -74,8 +74,14 @@ def test_vote_ties_are_shared_in_the_vectorised_estimator():
     # self_consistency: x and y tie 2-2 at k=4; weighted: x and y hold the same weights in another order
     votes = [cand(False, answer="x"), cand(True, answer="y"), cand(True, answer="y"), cand(False, answer="x")]
     assert sample_at_k("self_consistency", votes, 4) == (0.5, 0)
-    weighted = [cand(True, [0.1], "x"), cand(False, [0.3], "y"), cand(True, [0.2], "x"), cand(False, [0.2], "y"),
-                cand(True, [0.3], "x"), cand(False, [0.1], "y")]
+    weighted = [
+        cand(True, [0.1], "x"),
+        cand(False, [0.3], "y"),
+        cand(True, [0.2], "x"),
+        cand(False, [0.2], "y"),
+        cand(True, [0.3], "x"),
+        cand(False, [0.1], "y"),
+    ]
     assert sample_at_k("prm_weighted_vote", weighted, 6) == (0.5, 0)
     mc = MonteCarlo(exact_limit=0, draws=50, seed=1)  # the Monte Carlo path goes through the same rule
     assert sample_at_k("prm_weighted_vote", weighted, 6, mc) == (0.5, 50)
@@ -122,8 +128,10 @@ def _vote_samples(count, n, seed):
     import random
 
     rng = random.Random(seed)
-    return [SampleCandidates(f"q{q}", [cand(rng.random() < 0.4, [rng.random()], rng.choice("abcd"))
-                                       for _ in range(n)]) for q in range(count)]
+    return [
+        SampleCandidates(f"q{q}", [cand(rng.random() < 0.4, [rng.random()], rng.choice("abcd")) for _ in range(n)])
+        for q in range(count)
+    ]
 
 
 @pytest.mark.parametrize("name", ["self_consistency", "prm_weighted_vote"])
@@ -145,8 +153,15 @@ def test_monte_carlo_vote_is_close_to_exact_enumeration(name):
 
 def test_exclusions_are_counted_and_nothing_crashes():
     samples = [
-        SampleCandidates("full", [cand(True, [0.9], "a", 0.8), cand(False, [0.1], "b", 0.2),
-                                  cand(True, None, None, None), cand(None, [0.5], "a", 0.5)]),
+        SampleCandidates(
+            "full",
+            [
+                cand(True, [0.9], "a", 0.8),
+                cand(False, [0.1], "b", 0.2),
+                cand(True, None, None, None),
+                cand(None, [0.5], "a", 0.5),
+            ],
+        ),
         SampleCandidates("short", [cand(False, [0.3], None, 0.3)]),
         SampleCandidates("unjudged", [cand(None), cand(None)]),
         SampleCandidates("no_scores", [cand(True, None, "a"), cand(False, None, "b")]),
@@ -161,8 +176,12 @@ def test_exclusions_are_counted_and_nothing_crashes():
     assert results["orm"].excluded["no_outcome_score"] == 3
     assert results["self_consistency"].excluded["no_answer"] == 2
     assert results["self_consistency"].empty_samples == 1  # "short": its one answer is unparseable
-    assert results["prm_weighted_vote"].excluded == {"correct_unknown": 3, "no_step_scores": 2,
-                                                     "no_answer": 2, "no_outcome_score": 0}
+    assert results["prm_weighted_vote"].excluded == {
+        "correct_unknown": 3,
+        "no_step_scores": 2,
+        "no_answer": 2,
+        "no_outcome_score": 0,
+    }
     # full (k capped at 3): best scored is right; short: wrong; no_scores: nothing usable -> 0
     assert results["prm_mean"].accuracy == pytest.approx(1 / 3)
     assert results["random"].accuracy == pytest.approx((2 / 3 + 0 + 1 / 2) / 3)

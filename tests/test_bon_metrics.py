@@ -29,8 +29,14 @@ def synthetic(rows, n, seed):
         cands = []
         for _ in range(n):
             answer = rng.choice("abc")
-            cands.append(Candidate(text=answer, answer=answer, correct=answer == right,
-                                   step_scores=[rng.random() for _ in range(rng.randint(1, 3))]))
+            cands.append(
+                Candidate(
+                    text=answer,
+                    answer=answer,
+                    correct=answer == right,
+                    step_scores=[rng.random() for _ in range(rng.randint(1, 3))],
+                )
+            )
         samples.append(SampleCandidates(key=f"q{r}", candidates=cands))
     return samples
 
@@ -55,8 +61,17 @@ def test_all_right_groups_match_brute_force(strategy):
     metric = Metric("worst_case", ((0, 1, 2), (3, 4), (5,)))
     for k in (1, 2, 3, 4):
         p, draws = row_curves(samples, strategy, [k])
-        brute = np.mean([np.mean([prod(combo) for combo in itertools.product(
-            *(row_outcomes(strategy, samples[r], k) for r in group))]) for group in metric.groups])
+        brute = np.mean(
+            [
+                np.mean(
+                    [
+                        prod(combo)
+                        for combo in itertools.product(*(row_outcomes(strategy, samples[r], k) for r in group))
+                    ]
+                )
+                for group in metric.groups
+            ]
+        )
         est = estimate(metric, p[:, 0], draws[:, 0])
         assert est.value == pytest.approx(brute) and est.se == 0 and not est.monte_carlo
 
@@ -147,9 +162,15 @@ def curves_for(name, family, seed, headline="accuracy"):
 
 
 def test_paper_table_layout_seven_benchmarks(tmp_path):
-    names = {"MMMU": "MMMU_DEV_VAL", "MathVista": "MathVista_MINI", "MathVision": "MathVision",
-             "MathVerse": "MathVerse_MINI_Vision_Only", "DynaMath": "DynaMath", "WeMath": "WeMath",
-             "LogicVista": "LogicVista"}
+    names = {
+        "MMMU": "MMMU_DEV_VAL",
+        "MathVista": "MathVista_MINI",
+        "MathVision": "MathVision",
+        "MathVerse": "MathVerse_MINI_Vision_Only",
+        "DynaMath": "DynaMath",
+        "WeMath": "WeMath",
+        "LogicVista": "LogicVista",
+    }
     curves = [curves_for(names[f], f, i) for i, f in enumerate(reversed(PAPER_ORDER))]
     table = paper_table(curves)
     assert list(table.columns) == ["N", "strategy", *[names[f] for f in PAPER_ORDER], "Overall", "Overall MC s.e."]

@@ -65,16 +65,20 @@ TWO_IMAGES = SYSTEM_TURN + (
 
 
 def test_system_prompt_is_internvls_verbatim():
-    assert PRM_SYSTEM_PROMPT.startswith("You are an advanced AI assistant, designed to serve as a process "
-                                        "supervision model.")
-    assert hashlib.sha256(PRM_SYSTEM_PROMPT.encode()).hexdigest() == \
-        "18279fe8e6c5f76aebb619b266e665b89b2d0b1cb181b6aa3fded44d24b8fa1e"
+    assert PRM_SYSTEM_PROMPT.startswith(
+        "You are an advanced AI assistant, designed to serve as a process supervision model."
+    )
+    assert (
+        hashlib.sha256(PRM_SYSTEM_PROMPT.encode()).hexdigest()
+        == "18279fe8e6c5f76aebb619b266e665b89b2d0b1cb181b6aa3fded44d24b8fa1e"
+    )
     assert PRMFormat().system_prompt == PRM_SYSTEM_PROMPT
 
 
 def test_golden_one_image():
-    got = render_prompt("What is the area of the square?", ["The side is 3.", "So the area is 3 * 3 = 9."], 1,
-                        PRMFormat())
+    got = render_prompt(
+        "What is the area of the square?", ["The side is 3.", "So the area is 3 * 3 = 9."], 1, PRMFormat()
+    )
     assert got == ONE_IMAGE
 
 
@@ -89,9 +93,11 @@ def test_the_prms_own_hf_chat_template_renders_the_same_text(tiny_paths, n_image
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_paths["prm"])
-    question, steps = ("What is the area of the square?", ["The side is 3.", "So the area is 3 * 3 = 9."]) \
-        if n_images == 1 else ("Which is larger?", ["The first is 2 cm wide.", "The second is 3 cm wide.",
-                                                     "Answer: the second."])
+    question, steps = (
+        ("What is the area of the square?", ["The side is 3.", "So the area is 3 * 3 = 9."])
+        if n_images == 1
+        else ("Which is larger?", ["The first is 2 cm wide.", "The second is 3 cm wide.", "Answer: the second."])
+    )
     hf = processor.apply_chat_template(build_messages(question, steps, n_images, PRMFormat()), tokenize=False)
     assert hf == golden.replace("<image>", "<IMG_CONTEXT>")
 
@@ -102,17 +108,25 @@ def test_openai_messages_keep_the_image_inside_the_question():
     assert messages[0] == {"role": "system", "content": PRM_SYSTEM_PROMPT}
     assert messages[1]["content"] == [
         {"type": "text", "text": "### Question:\n"},
-        {"type": "text", "text": "Image-1: "}, {"type": "image_url", "image_url": {"url": "data:A"}},
-        {"type": "text", "text": "Image-2: "}, {"type": "image_url", "image_url": {"url": "data:B"}},
-        {"type": "text", "text": "Which is larger?\n\n### Solution Process:\na"}]
-    assert messages[2:] == [{"role": "assistant", "content": "+"}, {"role": "user", "content": "b"},
-                            {"role": "assistant", "content": "+"}]
+        {"type": "text", "text": "Image-1: "},
+        {"type": "image_url", "image_url": {"url": "data:A"}},
+        {"type": "text", "text": "Image-2: "},
+        {"type": "image_url", "image_url": {"url": "data:B"}},
+        {"type": "text", "text": "Which is larger?\n\n### Solution Process:\na"},
+    ]
+    assert messages[2:] == [
+        {"role": "assistant", "content": "+"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "+"},
+    ]
 
 
 def test_system_prompt_and_template_are_configurable():
     fmt = PRMFormat(system_prompt=None, template=chat_template({"turn_start": "<s>", "turn_end": "</s>"}))
-    assert render_prompt("Q", ["a"], 0, fmt) == \
-        "<s>user\n### Question:\nQ\n\n### Solution Process:\na</s><s>assistant\n+</s>"
+    assert (
+        render_prompt("Q", ["a"], 0, fmt)
+        == "<s>user\n### Question:\nQ\n\n### Solution Process:\na</s><s>assistant\n+</s>"
+    )
     other = render_prompt("Q", ["a"], 0, PRMFormat(system_prompt="Judge each step."))
     assert other.startswith("<|im_start|>system\nJudge each step.<|im_end|>\n")
     with pytest.raises(ValueError, match="unknown chat template fields"):

@@ -7,48 +7,54 @@ from hypothesis import strategies as st
 from vlmeval_prm.datasets.critic import build_critic_prompt, parse_verdicts
 
 
-@pytest.mark.parametrize("reply, n, expected", [
-    ("Step 1: +\nStep 2: -\nStep 3: +", 3, [1, -1, 1]),
-    ("**Step 1:** Correct\n**Step 2:** Incorrect", 2, [1, -1]),
-    ("- Step 1 - correct\n- Step 2 is wrong", 2, [1, -1]),
-    ("Step 1: ✓\nStep 2: ✗\nStep 3: ✔\nStep 4: ❌", 4, [1, -1, 1, -1]),
-    ("Step 1: yes\nStep 2: No", 2, [1, -1]),
-    ("Step 1: True.\nStep 2: false", 2, [1, -1]),
-    ("Step 1 is not correct\nStep 2: no error", 2, [-1, 1]),
-    ("1. +\n2) -", 2, [1, -1]),
-    ("+\n-\n+", 3, [1, -1, 1]),
-    ("`Step 1`: `+`\n## Step 2: $-$\n> Step 3: **−**", 3, [1, -1, -1]),
-    ("Step 1: [+]\nStep 2: (-)", 2, [1, -1]),
-    ("Step 1: +. The count is right.\nStep 2: - the sum is off", 2, [1, -1]),
-    # Preamble and explanation lines without a leading verdict are skipped.
-    ("Let me check each step.\nStep 1: The side is 4, fine.\n\nVerdicts:\nStep 1: +\nStep 2: -", 2, [1, -1]),
-    # A step whose text starts with a negative number is not a verdict.
-    ("Step 1: -5 is the slope\nStep 1: +", 1, [1]),
-    # Reasoning inside <think> is ignored, even if it disagrees.
-    ("<think>Step 1: -\nStep 2: +</think>\nStep 1: +\nStep 2: -", 2, [1, -1]),
-    ("Step 1: +\nStep 1: +\nStep 2: -", 2, [1, -1]),  # repeated but consistent
-    # A dash between the number and a symbol verdict is a separator, not the verdict.
-    ("Step 1 - +\nStep 2 – -\nStep 3 — ✓", 3, [1, -1, 1]),
-    # A verdict word ending the line.
-    ("Step 1: the side is 4, so this is correct.\nStep 2: the sum 4 + 4 = 9 is wrong", 2, [1, -1]),
-])
+@pytest.mark.parametrize(
+    "reply, n, expected",
+    [
+        ("Step 1: +\nStep 2: -\nStep 3: +", 3, [1, -1, 1]),
+        ("**Step 1:** Correct\n**Step 2:** Incorrect", 2, [1, -1]),
+        ("- Step 1 - correct\n- Step 2 is wrong", 2, [1, -1]),
+        ("Step 1: ✓\nStep 2: ✗\nStep 3: ✔\nStep 4: ❌", 4, [1, -1, 1, -1]),
+        ("Step 1: yes\nStep 2: No", 2, [1, -1]),
+        ("Step 1: True.\nStep 2: false", 2, [1, -1]),
+        ("Step 1 is not correct\nStep 2: no error", 2, [-1, 1]),
+        ("1. +\n2) -", 2, [1, -1]),
+        ("+\n-\n+", 3, [1, -1, 1]),
+        ("`Step 1`: `+`\n## Step 2: $-$\n> Step 3: **−**", 3, [1, -1, -1]),
+        ("Step 1: [+]\nStep 2: (-)", 2, [1, -1]),
+        ("Step 1: +. The count is right.\nStep 2: - the sum is off", 2, [1, -1]),
+        # Preamble and explanation lines without a leading verdict are skipped.
+        ("Let me check each step.\nStep 1: The side is 4, fine.\n\nVerdicts:\nStep 1: +\nStep 2: -", 2, [1, -1]),
+        # A step whose text starts with a negative number is not a verdict.
+        ("Step 1: -5 is the slope\nStep 1: +", 1, [1]),
+        # Reasoning inside <think> is ignored, even if it disagrees.
+        ("<think>Step 1: -\nStep 2: +</think>\nStep 1: +\nStep 2: -", 2, [1, -1]),
+        ("Step 1: +\nStep 1: +\nStep 2: -", 2, [1, -1]),  # repeated but consistent
+        # A dash between the number and a symbol verdict is a separator, not the verdict.
+        ("Step 1 - +\nStep 2 – -\nStep 3 — ✓", 3, [1, -1, 1]),
+        # A verdict word ending the line.
+        ("Step 1: the side is 4, so this is correct.\nStep 2: the sum 4 + 4 = 9 is wrong", 2, [1, -1]),
+    ],
+)
 def test_parses_verdicts(reply, n, expected):
     assert parse_verdicts(reply, n) == expected
 
 
-@pytest.mark.parametrize("reply, n", [
-    ("Step 1: +\nStep 2: -", 3),            # partial: step 3 has no verdict
-    ("Step 1: +\nStep 2: -\nStep 3: +", 2),  # a step that does not exist
-    ("Step 1: +\nStep 1: -", 1),             # contradiction
-    ("The solution looks fine overall.", 2),
-    ("Step 1: correctly reasoned", 1),       # "correctly" is not the verdict word
-    ("+\n-", 3),                             # bare lines must cover every step
-    ("+\nthe rest is fine\n-", 2),           # bare lines must be alone
-    ("", 1),
-    (None, 1),
-    ("Step 1: the slope is not wrong", 1),   # a negated verdict is too subtle to read
-    ("Step 1: is the angle right", 1),       # "right" ending a line is not read as a verdict
-])
+@pytest.mark.parametrize(
+    "reply, n",
+    [
+        ("Step 1: +\nStep 2: -", 3),  # partial: step 3 has no verdict
+        ("Step 1: +\nStep 2: -\nStep 3: +", 2),  # a step that does not exist
+        ("Step 1: +\nStep 1: -", 1),  # contradiction
+        ("The solution looks fine overall.", 2),
+        ("Step 1: correctly reasoned", 1),  # "correctly" is not the verdict word
+        ("+\n-", 3),  # bare lines must cover every step
+        ("+\nthe rest is fine\n-", 2),  # bare lines must be alone
+        ("", 1),
+        (None, 1),
+        ("Step 1: the slope is not wrong", 1),  # a negated verdict is too subtle to read
+        ("Step 1: is the angle right", 1),  # "right" ending a line is not read as a verdict
+    ],
+)
 def test_unparseable_replies_give_none(reply, n):
     assert parse_verdicts(reply, n) is None
 
@@ -65,10 +71,21 @@ def test_prompt_numbers_every_step_and_asks_for_the_parseable_format():
 
 # -- fuzzing: every format we accept round-trips, and no reply makes the parser raise -------------
 
-LABEL_TEXT = {1: ["+", "correct", "Correct", "✓", "right", "valid", "no error"],
-              -1: ["-", "incorrect", "Incorrect", "✗", "wrong", "−", "not correct"]}
-TEMPLATES = ["Step {k}: {v}", "**Step {k}:** {v}", "- Step {k} - {v}", "Step {k} - {v}", "{k}. {v}",
-             "Step {k}: [{v}]", "## Step {k}: {v}", "Step {k} is {v}", "Step {k}: {v}. Because the count matches."]
+LABEL_TEXT = {
+    1: ["+", "correct", "Correct", "✓", "right", "valid", "no error"],
+    -1: ["-", "incorrect", "Incorrect", "✗", "wrong", "−", "not correct"],
+}
+TEMPLATES = [
+    "Step {k}: {v}",
+    "**Step {k}:** {v}",
+    "- Step {k} - {v}",
+    "Step {k} - {v}",
+    "{k}. {v}",
+    "Step {k}: [{v}]",
+    "## Step {k}: {v}",
+    "Step {k} is {v}",
+    "Step {k}: {v}. Because the count matches.",
+]
 
 
 @given(labels=st.lists(st.sampled_from([1, -1]), min_size=1, max_size=12), data=st.data())

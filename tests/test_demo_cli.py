@@ -6,23 +6,27 @@ the report are recorded instead of run, and the registration that switch control
 real in tests/test_hook.py.
 """
 
-import pytest
-
 import json
 import os
 import sys
+
+import pytest
 
 from vlmeval_prm.constants import DEMO_ENV, OPTIONS_ENV
 from vlmeval_prm.demo import build
 from vlmeval_prm.host import cli
 
 
-@pytest.mark.parametrize("flags, model, data, builds", [
-    ([], cli.DEMO_MODEL, cli.DEMO_DATA, False),
-    (["--shapes"], cli.SHAPES_MODEL, cli.SHAPES_DATA, True),
-])
-def test_demo_runs_vlmeval_with_the_demo_switch_for_its_run_only(tmp_path, monkeypatch, capsys, flags, model, data,
-                                                                 builds):
+@pytest.mark.parametrize(
+    "flags, model, data, builds",
+    [
+        ([], cli.DEMO_MODEL, cli.DEMO_DATA, False),
+        (["--shapes"], cli.SHAPES_MODEL, cli.SHAPES_DATA, True),
+    ],
+)
+def test_demo_runs_vlmeval_with_the_demo_switch_for_its_run_only(
+    tmp_path, monkeypatch, capsys, flags, model, data, builds
+):
     monkeypatch.delenv(DEMO_ENV, raising=False)
     monkeypatch.delenv(OPTIONS_ENV, raising=False)
     built, calls = [], []

@@ -17,8 +17,10 @@ from vlmeval_prm.demo.build import ensure_built, is_built
 from vlmeval_prm.demo.paths import HELDOUT_LABELS, prm_path
 from vlmeval_prm.demo.task import make_problem, mcq_prompt, problem_image
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not is_built(), reason="the trained shapes demo models are not built here")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not is_built(), reason="the trained shapes demo models are not built here"),
+]
 
 #: Percentage points by which PRM Best-of-8 must beat Pass@1 and random@8. Random weights (or a PRM
 #: that reads the wrong token or position) rank candidates independently of correctness, so their
@@ -62,8 +64,9 @@ def test_demo_prm_best_of_8_beats_pass_at_1_and_random(built, tmp_path, monkeypa
     work = tmp_path / "outputs"
     assert cli.main(["demo", "--work-dir", str(work)]) == 0
     folder = work / cli.SHAPES_MODEL
-    bon = pd.read_csv(next(folder.rglob(f"{cli.SHAPES_MODEL}_{cli.SHAPES_DATA}_bon_report_bon.csv")),
-                      index_col="strategy")
+    bon = pd.read_csv(
+        next(folder.rglob(f"{cli.SHAPES_MODEL}_{cli.SHAPES_DATA}_bon_report_bon.csv")), index_col="strategy"
+    )
     paper = pd.read_csv(next(folder.rglob(f"{cli.SHAPES_MODEL}_bon_paper.csv")))
     pass1 = float(paper[(paper["N"] == 8) & (paper["strategy"] == "pass@1")][cli.SHAPES_DATA].iloc[0])
     prm8, random8 = float(bon.loc["prm_mean", "8"]), float(bon.loc["random", "8"])

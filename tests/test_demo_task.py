@@ -25,8 +25,9 @@ from vlmeval_prm.steps import split_steps
 
 def test_problems_are_deterministic_and_splits_differ():
     assert make_problem("test", 7) == make_problem("test", 7)
-    assert np.array_equal(np.asarray(problem_image(make_problem("test", 7))),
-                          np.asarray(problem_image(make_problem("test", 7))))
+    assert np.array_equal(
+        np.asarray(problem_image(make_problem("test", 7))), np.asarray(problem_image(make_problem("test", 7)))
+    )
     train = {(p.scene, p.question) for p in map(lambda i: make_problem("train", i), range(200))}
     test = [(p.scene, p.question) for p in map(lambda i: make_problem("test", i), range(200))]
     assert sum(t in train for t in test) < 20  # independent streams (a few coincidences are possible)

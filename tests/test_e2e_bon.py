@@ -22,12 +22,29 @@ MODEL, DATA, N, ROWS = "VLMEvalPRM-TinyPolicy-BoN4", "VLMEvalPRM_MiniMCQ", 4, 36
 
 def vlmeval_run(work, counters, wait=True):
     (work / "LMUData").mkdir(exist_ok=True)
-    env = {**os.environ, "LMUData": str(work / "LMUData"), COUNTERS_ENV: str(counters),
-           "PYTHONUNBUFFERED": "1", DEMO_ENV: "1"}
-    cmd = [sys.executable, "-m", "vlmeval.run", "--model", MODEL, "--data", DATA, "--judge", "exact_matching",
-           "--work-dir", str(work / "outputs")]
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "LMUData": str(work / "LMUData"),
+        COUNTERS_ENV: str(counters),
+        "PYTHONUNBUFFERED": "1",
+        DEMO_ENV: "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmeval.run",
+        "--model",
+        MODEL,
+        "--data",
+        DATA,
+        "--judge",
+        "exact_matching",
+        "--work-dir",
+        str(work / "outputs"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=900)
@@ -40,8 +57,9 @@ def store_file(work):
 
 
 def prediction_file(work):
-    files = glob.glob(str(work / "outputs" / MODEL / f"{MODEL}_{DATA}.xlsx")) + \
-        glob.glob(str(work / "outputs" / MODEL / f"{MODEL}_{DATA}.tsv"))
+    files = glob.glob(str(work / "outputs" / MODEL / f"{MODEL}_{DATA}.xlsx")) + glob.glob(
+        str(work / "outputs" / MODEL / f"{MODEL}_{DATA}.tsv")
+    )
     assert files, "no prediction file: the run failed (run.py exits 0 even then)"
     return files[0]
 
@@ -73,8 +91,11 @@ def first_run(tmp_path_factory, tiny_paths):
 def test_first_run_writes_predictions_scores_and_store(first_run):
     work, out, counts = first_run
     samples = check_store(work)
-    pred = pd.read_excel(prediction_file(work)) if prediction_file(work).endswith("xlsx") else \
-        pd.read_csv(prediction_file(work), sep="\t")
+    pred = (
+        pd.read_excel(prediction_file(work))
+        if prediction_file(work).endswith("xlsx")
+        else pd.read_csv(prediction_file(work), sep="\t")
+    )
     assert len(pred) == ROWS
     summaries = [json.loads(x) for x in pred["extra_records"]]
     assert {s["key"] for s in summaries} == set(samples)
@@ -136,8 +157,11 @@ def test_kill_midway_then_resume_loses_nothing(tmp_path, tiny_paths):
             assert after[key].text(i) == cand.text
     scored_now = sum(1 for e in after.values() for i in range(N) if e.score(i, "transformers:tiny:prm").steps)
     newly_scored = scored_now - sum(
-        1 for e in before.values() for i in range(N)
-        if e.score(i, "transformers:tiny:prm") and e.score(i, "transformers:tiny:prm").steps)
+        1
+        for e in before.values()
+        for i in range(N)
+        if e.score(i, "transformers:tiny:prm") and e.score(i, "transformers:tiny:prm").steps
+    )
     assert counts["prm_sequences"] == newly_scored
     assert scored_before <= N * len(before)
     prediction_file(work)

@@ -58,6 +58,7 @@ def test_http_backend_matches_in_process_and_resumes(tmp_path, tiny_paths, monke
                 assert max(abs(x - y) for x, y in zip(a.step_scores, b.step_scores)) < 1e-4
 
         import pandas as pd
+
         read = lambda p: pd.read_excel(p) if p.endswith("xlsx") else pd.read_csv(p, sep="\t")  # noqa: E731
         local_pred, served_pred = read(prediction_file(local)), read(prediction_file(served))
         for a, b in zip(local_pred["extra_records"], served_pred["extra_records"]):

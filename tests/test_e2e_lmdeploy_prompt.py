@@ -33,9 +33,11 @@ def scored(work, spec):
     """(question, image paths, steps) of every candidate the PRM ``spec`` scored step by step."""
     lines = store_lines(work)
     samples = {r["key"]: r for r in lines if r["kind"] == "sample"}
-    return [(samples[r["key"]]["question"], samples[r["key"]]["images"], r["steps"])
-            for r in lines if r["kind"] == "score" and r["prm"] == spec and r.get("mode", "step") == "step"
-            and r["steps"]]
+    return [
+        (samples[r["key"]]["question"], samples[r["key"]]["images"], r["steps"])
+        for r in lines
+        if r["kind"] == "score" and r["prm"] == spec and r.get("mode", "step") == "step" and r["steps"]
+    ]
 
 
 def data_url(path):
@@ -44,10 +46,12 @@ def data_url(path):
 
 
 def expected_generate_prompt(question, steps):
-    text = (f"<|im_start|>system\n{PRM_SYSTEM_PROMPT}<|im_end|>\n"
-            f"<|im_start|>user\n### Question:\n<IMAGE_TOKEN>\n{question}\n\n"
-            f"### Solution Process:\n{steps[0]}<|im_end|>\n"
-            "<|im_start|>assistant\n+<|im_end|>\n")
+    text = (
+        f"<|im_start|>system\n{PRM_SYSTEM_PROMPT}<|im_end|>\n"
+        f"<|im_start|>user\n### Question:\n<IMAGE_TOKEN>\n{question}\n\n"
+        f"### Solution Process:\n{steps[0]}<|im_end|>\n"
+        "<|im_start|>assistant\n+<|im_end|>\n"
+    )
     for step in steps[1:]:
         text += f"<|im_start|>user\n{step}<|im_end|>\n<|im_start|>assistant\n+<|im_end|>\n"
     return text
@@ -55,12 +59,18 @@ def expected_generate_prompt(question, steps):
 
 def expected_chat_messages(question, image, steps, k):
     """The conversation up to step k's user turn (the server adds the assistant header)."""
-    messages = [{"role": "system", "content": PRM_SYSTEM_PROMPT},
-                {"role": "user", "content": [
-                    {"type": "text", "text": "### Question:\n"},
-                    {"type": "image_url", "image_url": {"url": image}},
-                    {"type": "text", "text": f"{question}\n\n### Solution Process:\n{steps[0]}"}]}]
-    for step in steps[1:k + 1]:
+    messages = [
+        {"role": "system", "content": PRM_SYSTEM_PROMPT},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "### Question:\n"},
+                {"type": "image_url", "image_url": {"url": image}},
+                {"type": "text", "text": f"{question}\n\n### Solution Process:\n{steps[0]}"},
+            ],
+        },
+    ]
+    for step in steps[1 : k + 1]:
         messages += [{"role": "assistant", "content": "+"}, {"role": "user", "content": step}]
     return messages
 
@@ -95,8 +105,9 @@ def test_generate_mode_requests_are_visualprms_training_format(generate_run):
     assert len(candidates) > N  # every row scored, most candidates with steps
     scoring = [b for path, b in bodies if path == "/generate" and "### Question" in b.get("prompt", "")]
     got = sorted((b["prompt"], tuple(b.get("image_data") or [])) for b in scoring)
-    want = sorted((expected_generate_prompt(q, steps), tuple(data_url(p) for p in images))
-                  for q, images, steps in candidates)
+    want = sorted(
+        (expected_generate_prompt(q, steps), tuple(data_url(p) for p in images)) for q, images, steps in candidates
+    )
     assert got == want  # byte for byte, each candidate exactly once
     assert all(len(images) == 1 for _, images, _ in candidates)  # the mini set has one image per row
 
@@ -122,9 +133,15 @@ def test_chat_mode_requests_are_visualprms_training_format(generate_run, labelle
     assert server.stats.requests["/generate"] == 0  # chat mode was forced: no probe, no /generate
     candidates = scored(work, spec)
     assert candidates
-    scoring = [b["messages"] for path, b in bodies
-               if path == "/v1/chat/completions" and isinstance(b["messages"][1]["content"], list)]
+    scoring = [
+        b["messages"]
+        for path, b in bodies
+        if path == "/v1/chat/completions" and isinstance(b["messages"][1]["content"], list)
+    ]
     got = sorted(json.dumps(m, sort_keys=True) for m in scoring)
-    want = sorted(json.dumps(expected_chat_messages(q, data_url(images[0]), steps, k), sort_keys=True)
-                  for q, images, steps in candidates for k in range(len(steps)))
+    want = sorted(
+        json.dumps(expected_chat_messages(q, data_url(images[0]), steps, k), sort_keys=True)
+        for q, images, steps in candidates
+        for k in range(len(steps))
+    )
     assert got == want  # every step of every candidate, exactly once

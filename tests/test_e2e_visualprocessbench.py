@@ -18,12 +18,26 @@ DATA = "VisualProcessBench"
 
 def run(tmp_path, model):
     (tmp_path / "LMUData").mkdir(exist_ok=True)
-    env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), "VISUALPROCESSBENCH_ROOT": str(RELEASE),
-           DEMO_ENV: "1"}
+    env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), "VISUALPROCESSBENCH_ROOT": str(RELEASE), DEMO_ENV: "1"}
     env.pop("VLMEVAL_PRM_SPEC", None)
-    out = subprocess.run([sys.executable, "-m", "vlmeval.run", "--model", model, "--data", DATA,
-                          "--work-dir", str(tmp_path / "outputs")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmeval.run",
+            "--model",
+            model,
+            "--data",
+            DATA,
+            "--work-dir",
+            str(tmp_path / "outputs"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     folder = tmp_path / "outputs" / model
     preds = list(folder.glob(f"{model}_{DATA}.xlsx")) + list(folder.glob(f"{model}_{DATA}.tsv"))

@@ -10,7 +10,8 @@ from test_hook import run_py
 
 pytestmark = pytest.mark.skipif(
     not any(Path(p, "vlmeval_prm_hook.pth").exists() for p in sys.path),
-    reason="hook not installed: `pip install -e .` (the README's setup) installs it")
+    reason="hook not installed: `pip install -e .` (the README's setup) installs it",
+)
 
 
 def plugin_dist(root: Path, name: str, module_source: str) -> None:
@@ -24,11 +25,14 @@ def plugin_dist(root: Path, name: str, module_source: str) -> None:
 def test_plugins_calling_sys_exit_do_not_end_the_run(tmp_path):
     plugin_dist(tmp_path, "exits_on_register", "import sys\ndef register():\n    sys.exit(3)\n")
     plugin_dist(tmp_path, "exits_on_import", "import sys\nsys.exit('bye from import')\ndef register():\n    pass\n")
-    out = run_py("""
+    out = run_py(
+        """
         import vlmeval.config as c
         assert "GPT4o-BoN4" in c.supported_VLM and "VisualPRM-8B" in c.supported_VLM
         print("ok")
-    """, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    """,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
     on_register = [ln for ln in out.stderr.splitlines() if "exits_on_register" in ln]

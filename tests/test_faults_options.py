@@ -39,14 +39,17 @@ def build_error(table) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("{not json", ["is not valid JSON"]),
-    ("[1, 2]", ["must be a JSON object", "list"]),
-    ('{"temprature": 1}', ["unknown key 'temprature'", "did you mean 'temperature'?"]),
-    ('{"n": 3, "name": "x"}', ["'n' is the N of the name", "'name' is the registered name"]),
-    ('{"prm": "lmdeploy:http://h:1"}', ["'prm' is set by VLMEVAL_PRM_SPEC"]),
-    ('{"model": "Other", "temperature": 1.0}', ["'model' is the name's base model"]),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("{not json", ["is not valid JSON"]),
+        ("[1, 2]", ["must be a JSON object", "list"]),
+        ('{"temprature": 1}', ["unknown key 'temprature'", "did you mean 'temperature'?"]),
+        ('{"n": 3, "name": "x"}', ["'n' is the N of the name", "'name' is the registered name"]),
+        ('{"prm": "lmdeploy:http://h:1"}', ["'prm' is set by VLMEVAL_PRM_SPEC"]),
+        ('{"model": "Other", "temperature": 1.0}', ["'model' is the name's base model"]),
+    ],
+)
 def test_bad_options_refuse_to_build_naming_the_variable(monkeypatch, caplog, raw, expected):
     table = register(monkeypatch, caplog, raw)
     assert all(f"SomeVLM-BoN{n}" in table for n in plugin.BON_SIZES)  # registration went through
@@ -73,8 +76,14 @@ def test_valid_options_reach_best_of_n(monkeypatch, caplog):
     table = register(monkeypatch, caplog, '{"temperature": 1.0, "retry_failed": true, "prm_options": {"x": 1}}')
     factory = table["SomeVLM-BoN8"]
     assert isinstance(factory, partial) and factory.func is plugin.BestOfN
-    assert factory.keywords == {"model": "SomeVLM", "n": 8, "name": "SomeVLM-BoN8", "temperature": 1.0,
-                                "retry_failed": True, "prm_options": {"x": 1}}
+    assert factory.keywords == {
+        "model": "SomeVLM",
+        "n": 8,
+        "name": "SomeVLM-BoN8",
+        "temperature": 1.0,
+        "retry_failed": True,
+        "prm_options": {"x": 1},
+    }
     assert not caplog.records
 
 

@@ -30,11 +30,17 @@ def make_bon(server, tmp_path, monkeypatch):
     monkeypatch.setenv("VLMEVAL_PRM_STORE_DIR", str(tmp_path))
 
     def make(**kw):
-        bon = BestOfN(model={"class": "TransformersChat", "model_path": "tiny:policy", "max_new_tokens": 24},
-                      n=N, prm=f"lmdeploy:{server.url}", name="tiny-lmdeploy-bon",
-                      prm_options={"max_retries": RETRIES, "backoff": 0.01}, **kw)
+        bon = BestOfN(
+            model={"class": "TransformersChat", "model_path": "tiny:policy", "max_new_tokens": 24},
+            n=N,
+            prm=f"lmdeploy:{server.url}",
+            name="tiny-lmdeploy-bon",
+            prm_options={"max_retries": RETRIES, "backoff": 0.01},
+            **kw,
+        )
         bon.prm.score("Warm up?", [], [["a step"]])  # start-up probes go out before any fault is queued
         return bon
+
     return make
 
 

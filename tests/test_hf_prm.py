@@ -32,8 +32,11 @@ def test_conversation_has_one_placeholder_per_step(prm, n_steps):
     steps = [f"s{i}" for i in range(n_steps)]
     messages = build_messages("Q?", steps, 1, PRMFormat())
     assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * n_steps
-    assert messages[1]["content"] == [{"type": "text", "text": "### Question:\n"}, {"type": "image"},
-                                      {"type": "text", "text": "Q?\n\n### Solution Process:\ns0"}]
+    assert messages[1]["content"] == [
+        {"type": "text", "text": "### Question:\n"},
+        {"type": "image"},
+        {"type": "text", "text": "Q?\n\n### Solution Process:\ns0"},
+    ]
     ids = prm.tokenizer(prm.render("Q?", steps, 1), add_special_tokens=False)["input_ids"]
     assert len(prm.placeholder_positions(ids)) == n_steps
 
@@ -45,7 +48,7 @@ def test_no_system_turn_when_disabled():
 
 def prefix_score(prm, question, image, steps, k):
     """Score of step k from a separate forward pass over the conversation up to step k."""
-    messages = build_messages(question, steps[:k + 1], 1, prm.fmt)[:-1]  # drop the last "+"
+    messages = build_messages(question, steps[: k + 1], 1, prm.fmt)[:-1]  # drop the last "+"
     text = prm.inputs.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     with Image.open(image) as im:
         inputs = prm.inputs.processor(text=[text], images=[[im.convert("RGB")]], return_tensors="pt")

@@ -24,7 +24,7 @@ from vlmeval_prm.prm.hf_backend import TransformersPRM
 
 IMAGE_SIZE, NUM_IMAGE_TOKEN = 28, 4
 
-CONFIG_PY = '''
+CONFIG_PY = """
 from transformers import PretrainedConfig
 
 
@@ -37,7 +37,7 @@ class TinyInternVLChatConfig(PretrainedConfig):
         self.force_image_size = force_image_size
         self.num_image_token = num_image_token
         self.template = template
-'''
+"""
 
 MODELING_PY = '''
 import torch
@@ -90,20 +90,34 @@ def remote_ckpt(tiny_paths, tmp_path_factory):
     (out / "modeling_tiny_internvl.py").write_text(textwrap.dedent(MODELING_PY))
     tokenizer = AutoTokenizer.from_pretrained(tiny_paths["prm"])
     tokenizer.save_pretrained(out)
-    llm = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
-           "tie_word_embeddings": False, "pad_token_id": tokenizer.pad_token_id}
-    config = {"architectures": ["TinyInternVLChatModel"], "model_type": "tiny_internvl_chat",
-              "auto_map": {"AutoConfig": "configuration_tiny_internvl.TinyInternVLChatConfig",
-                           "AutoModel": "modeling_tiny_internvl.TinyInternVLChatModel"},
-              "llm_config": llm, "force_image_size": IMAGE_SIZE, "num_image_token": NUM_IMAGE_TOKEN,
-              "template": "internvl2_5"}
+    llm = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": False,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = {
+        "architectures": ["TinyInternVLChatModel"],
+        "model_type": "tiny_internvl_chat",
+        "auto_map": {
+            "AutoConfig": "configuration_tiny_internvl.TinyInternVLChatConfig",
+            "AutoModel": "modeling_tiny_internvl.TinyInternVLChatModel",
+        },
+        "llm_config": llm,
+        "force_image_size": IMAGE_SIZE,
+        "num_image_token": NUM_IMAGE_TOKEN,
+        "template": "internvl2_5",
+    }
     (out / "config.json").write_text(json.dumps(config))
     from transformers import AutoConfig, AutoModel
 
     torch.manual_seed(0)
-    model = AutoModel.from_config(AutoConfig.from_pretrained(str(out), trust_remote_code=True),
-                                  trust_remote_code=True)
+    model = AutoModel.from_config(AutoConfig.from_pretrained(str(out), trust_remote_code=True), trust_remote_code=True)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
@@ -148,8 +162,12 @@ def reference_scores(prm, question, image, steps):
         query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * NUM_IMAGE_TOKEN * pixel_values.shape[0] + "</img>")
         ids = tok(query, return_tensors="pt")["input_ids"]
         with torch.inference_mode():
-            logits = prm.model(pixel_values=pixel_values, input_ids=ids, attention_mask=torch.ones_like(ids),
-                               image_flags=torch.ones(pixel_values.shape[0], 1, dtype=torch.long)).logits
+            logits = prm.model(
+                pixel_values=pixel_values,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                image_flags=torch.ones(pixel_values.shape[0], 1, dtype=torch.long),
+            ).logits
         pair = logits[0, -1, [tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")]]
         scores.append(torch.softmax(pair.float(), -1)[0].item())
         history.append((step, "+"))

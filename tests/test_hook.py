@@ -14,14 +14,16 @@ DISABLE_ENV = "VLMEVAL_PLUGINS_DISABLE"  # read by the dependency-free hook (plu
 
 pytestmark = pytest.mark.skipif(
     not any(Path(p, "vlmeval_prm_hook.pth").exists() for p in sys.path),
-    reason="hook not installed: `pip install -e .` (the README's setup) installs it")
+    reason="hook not installed: `pip install -e .` (the README's setup) installs it",
+)
 
 
 def run_py(code, **env):
     """A fresh interpreter; the switches under test are off unless given."""
     base = {k: v for k, v in os.environ.items() if k not in (DISABLE_ENV, DEMO_ENV, OPTIONS_ENV)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env={**base, **env}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env={**base, **env}, timeout=600
+    )
 
 
 def test_installed_hook_is_this_checkouts():
@@ -30,8 +32,9 @@ def test_installed_hook_is_this_checkouts():
     source = Path(__file__).resolve().parents[1] / "plugins"
     for name in ("vlmeval_prm_hook.py", "vlmeval_prm_hook.pth"):
         installed = next(Path(p, name) for p in sys.path if Path(p, name).exists())
-        assert installed.read_bytes() == (source / name).read_bytes(), \
+        assert installed.read_bytes() == (source / name).read_bytes(), (
             f"{installed} is stale: rerun `pip install -e .` or `vlmeval-prm install-hook`"
+        )
 
 
 def test_plain_interpreter_imports_nothing_of_vlmeval():
@@ -82,11 +85,14 @@ def test_broken_plugin_warns_once_and_vlmeval_still_works(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[vlmeval.plugins]\nbroken = broken_plugin_mod:register\n")
     (tmp_path / "broken_plugin_mod.py").write_text("def register():\n    raise RuntimeError('kaputt')\n")
-    out = run_py("""
+    out = run_py(
+        """
         import vlmeval.config as c
         assert "GPT4o-BoN4" in c.supported_VLM
         print("ok")
-    """, PYTHONPATH=str(tmp_path))
+    """,
+        PYTHONPATH=str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
     warnings = [ln for ln in out.stderr.splitlines() if "kaputt" in ln]
@@ -94,10 +100,13 @@ def test_broken_plugin_warns_once_and_vlmeval_still_works(tmp_path):
 
 
 def test_demo_switch_registers_the_tiny_models():
-    out = run_py("""
+    out = run_py(
+        """
         import vlmeval.config as c
         print(sorted(k for k in c.supported_VLM if k.startswith("VLMEvalPRM-")))
-    """, **{DEMO_ENV: "1"})
+    """,
+        **{DEMO_ENV: "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     names = eval(out.stdout.strip().splitlines()[-1])
     assert {"VLMEvalPRM-TinyPolicy", "VLMEvalPRM-TinyPRM", "VLMEvalPRM-TinyPolicy-BoN4"} <= set(names)
@@ -117,8 +126,10 @@ REGISTERED_NOTHING = """
 
 def test_disable_switch_registers_nothing():
     """``VLMEVAL_PLUGINS_DISABLE=1``: the .pth imports nothing, vlmeval keeps only its own names."""
-    out = run_py("import sys; assert 'vlmeval_prm_hook' not in sys.modules\n" + textwrap.dedent(REGISTERED_NOTHING),
-                 **{DISABLE_ENV: "1", DEMO_ENV: "1"})
+    out = run_py(
+        "import sys; assert 'vlmeval_prm_hook' not in sys.modules\n" + textwrap.dedent(REGISTERED_NOTHING),
+        **{DISABLE_ENV: "1", DEMO_ENV: "1"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("nothing registered")
 
@@ -132,14 +143,17 @@ def test_disable_switch_set_in_process_before_vlmeval_loads():
 def test_invalid_options_are_one_error_and_vlmeval_still_imports():
     """Invalid ``VLMEVAL_PRM_OPTIONS``: one logged error naming it; every name is still registered and
     refuses to build with that error (tests/test_faults_options.py has the cases)."""
-    out = run_py("""
+    out = run_py(
+        """
         import vlmeval.config as c
         assert "VisualPRM-8B" in c.supported_VLM and "GPT4o-BoN4" in c.supported_VLM
         try:
             c.supported_VLM["GPT4o-BoN4"]()
         except ValueError as exc:
             print("refused:", exc)
-    """, **{OPTIONS_ENV: "{not json"})
+    """,
+        **{OPTIONS_ENV: "{not json"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"refused: {OPTIONS_ENV} is not valid JSON" in out.stdout, out.stdout[-3000:]
     errors = [ln for ln in out.stderr.splitlines() if OPTIONS_ENV in ln]

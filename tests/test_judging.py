@@ -64,12 +64,20 @@ def mcq_candidates(table):
     answers = list(table["answer"])
     right = [f"I count the shapes.\n\nThe answer is {a}." for a in answers]
     wrong = [f"The answer is ({other_letter(a)})" for a in answers]
-    unparseable = ["The picture is unclear to me, so I cannot decide." if r % 2 else "A or B, maybe C."
-                   for r in range(len(answers))]
-    mixed = [None if r % 3 == 0 else (f"Answer: {a}" if r % 3 == 1 else f"Answer: {other_letter(a)}")
-             for r, a in enumerate(answers)]
-    expected = [[True] * len(answers), [False] * len(answers), [False] * len(answers),
-                [None if r % 3 == 0 else r % 3 == 1 for r in range(len(answers))]]
+    unparseable = [
+        "The picture is unclear to me, so I cannot decide." if r % 2 else "A or B, maybe C."
+        for r in range(len(answers))
+    ]
+    mixed = [
+        None if r % 3 == 0 else (f"Answer: {a}" if r % 3 == 1 else f"Answer: {other_letter(a)}")
+        for r, a in enumerate(answers)
+    ]
+    expected = [
+        [True] * len(answers),
+        [False] * len(answers),
+        [False] * len(answers),
+        [None if r % 3 == 0 else r % 3 == 1 for r in range(len(answers))],
+    ]
     return [right, wrong, unparseable, mixed], expected
 
 
@@ -126,10 +134,15 @@ def test_yes_no_dataset(lmudata, tmp_path, spy):
 
         def load_data(self, dataset):
             rows = VLMEvalPRMMiniMCQ(MINI_MCQ).data.head(12)
-            return pd.DataFrame({"index": rows["index"], "image": rows["image"],
-                                 "question": [f"Is the answer {a}?" for a in rows["A"]],
-                                 "answer": ["Yes" if x == "A" else "No" for x in rows["answer"]],
-                                 "category": rows["category"]})
+            return pd.DataFrame(
+                {
+                    "index": rows["index"],
+                    "image": rows["image"],
+                    "question": [f"Is the answer {a}?" for a in rows["A"]],
+                    "answer": ["Yes" if x == "A" else "No" for x in rows["answer"]],
+                    "category": rows["category"],
+                }
+            )
 
     calls = spy(MiniYesNo)
     dataset = MiniYesNo("MiniYesNo")

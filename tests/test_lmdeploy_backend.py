@@ -108,8 +108,7 @@ def test_generate_mode_is_detected_and_matches_in_process(pytorch_server, refere
 
 
 def test_skipping_the_shared_prefix_rows_changes_no_score(pytorch_server, reference, images):
-    got, ok, requests = score_and_count(pytorch_server, LMDeployPRM(pytorch_server.url, skip_prefix_rows=True),
-                                        images)
+    got, ok, requests = score_and_count(pytorch_server, LMDeployPRM(pytorch_server.url, skip_prefix_rows=True), images)
     assert_parity(reference[1], got)
     assert requests == len(ok) + 1  # + the shared prefix's
     system_and_images = 40  # the system turn alone is longer than this
@@ -171,9 +170,17 @@ def test_client_prompt_is_the_models_own_chat_template_token_for_token(pytorch_s
     steps = CANDIDATES[0]
     prompt = render_prompt(QUESTION, steps, len(images), hf.fmt, image=IMAGE_TOKEN + "\n")
     assert prompt.replace(IMAGE_TOKEN, "<IMG_CONTEXT>") == hf.render(QUESTION, steps, len(images))
-    resp = httpx.post(f"{pytorch_server.url}/generate", timeout=30, json={
-        "prompt": prompt, "image_data": [image_data_url(p) for p in images], "max_tokens": 0,
-        "return_logprob": True, "logprob_start_len": 0})
+    resp = httpx.post(
+        f"{pytorch_server.url}/generate",
+        timeout=30,
+        json={
+            "prompt": prompt,
+            "image_data": [image_data_url(p) for p in images],
+            "max_tokens": 0,
+            "return_logprob": True,
+            "logprob_start_len": 0,
+        },
+    )
     served = [tok for _, tok in resp.json()["meta_info"]["input_token_logprobs"]]
     pil = [Image.open(p).convert("RGB") for p in images]
     expected = hf.inputs.processor(text=[hf.render(QUESTION, steps, len(images))], images=[pil])["input_ids"][0]
@@ -197,11 +204,23 @@ def plain_server(tiny_paths):
 
 def test_standin_fans_out_chat_samples_with_logprobs(plain_server, images):
     """The stand-in serves sampling too (n > 1 is LMDeploy's own fan-out), e.g. for a policy."""
-    content = [{"type": "image_url", "image_url": {"url": image_data_url(images[0])}},
-               {"type": "text", "text": "Describe."}]
-    resp = httpx.post(f"{plain_server.url}/v1/chat/completions", timeout=30, json={
-        "model": "tiny-prm", "n": 3, "max_tokens": 4, "logprobs": True, "top_logprobs": 2, "seed": 7,
-        "messages": [{"role": "user", "content": content}]})
+    content = [
+        {"type": "image_url", "image_url": {"url": image_data_url(images[0])}},
+        {"type": "text", "text": "Describe."},
+    ]
+    resp = httpx.post(
+        f"{plain_server.url}/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": "tiny-prm",
+            "n": 3,
+            "max_tokens": 4,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "seed": 7,
+            "messages": [{"role": "user", "content": content}],
+        },
+    )
     body = resp.json()
     assert resp.status_code == 200 and len(body["choices"]) == 3
     for choice in body["choices"]:
@@ -252,6 +271,7 @@ def test_chat_fallback_records_a_bound_when_one_label_is_missing(tiny_paths, tmp
 
 
 # -- the pure pieces ---------------------------------------------------------------------------
+
 
 def test_two_way_is_the_two_label_softmax_or_an_honest_bound():
     value, bound = two_way(-0.1, -2.5, cutoff=-3.0)

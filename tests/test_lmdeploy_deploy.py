@@ -155,6 +155,7 @@ def test_generate_mode_needs_no_server_template(checkpoints, image):
 
 # -- the proxy -------------------------------------------------------------------------------------
 
+
 def test_a_prm_spec_pointing_at_lmdeploys_proxy_is_a_clear_error(caplog):
     pytest.importorskip("aiohttp")
     from lmdeploy.serve.proxy import proxy

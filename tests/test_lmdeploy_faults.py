@@ -154,8 +154,7 @@ def test_the_key_from_the_environment_is_used_but_never_shown(server, image, mon
     client = LMDeployPRM(server.url, backoff=0.01)
     try:
         res = client.score(QUESTION, [image], ONE)[0]
-        shown = [repr(client), str(client), client.identity, repr(vars(client)), str(res.to_record()),
-                 caplog.text]
+        shown = [repr(client), str(client), client.identity, repr(vars(client)), str(res.to_record()), caplog.text]
     finally:
         client.close()
     assert res.ok

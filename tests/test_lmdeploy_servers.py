@@ -54,9 +54,11 @@ def wait_for(condition, timeout=60.0):
 
 def test_a_server_killed_mid_run_loses_no_candidate_and_scores_none_twice(labelled, image, reference, caplog):
     caplog.set_level(logging.INFO)
-    with serve_standin(labelled, model_name="prm", latency=0.2) as a, \
-            serve_standin(labelled, model_name="prm", latency=0.2) as b, \
-            serve_standin(labelled, model_name="prm", latency=0.2) as c:
+    with (
+        serve_standin(labelled, model_name="prm", latency=0.2) as a,
+        serve_standin(labelled, model_name="prm", latency=0.2) as b,
+        serve_standin(labelled, model_name="prm", latency=0.2) as c,
+    ):
         prm = build_scorer(f"lmdeploy:{a.url},{b.url},{c.url}", backoff=0.01)
         try:
             assert prm.mode == "generate" and len(prm.servers) == 3
@@ -108,8 +110,10 @@ def test_a_server_that_comes_up_later_joins(labelled, image, caplog, monkeypatch
 
     monkeypatch.setattr(backend, "JOIN_GRACE", 0.5)
     caplog.set_level(logging.INFO)
-    with serve_standin(labelled, model_name="prm") as ready, \
-            serve_standin(labelled, model_name="prm", start_delay=3.0) as late:
+    with (
+        serve_standin(labelled, model_name="prm") as ready,
+        serve_standin(labelled, model_name="prm", start_delay=3.0) as late,
+    ):
         prm = build_scorer(f"lmdeploy:{ready.url},{late.url}")
         try:
             assert [s.url for s in prm.servers] == [ready.url]

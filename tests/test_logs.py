@@ -15,8 +15,9 @@ from vlmeval_prm.logs import ROOT, get_logger
 
 
 def run_py(code: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_module_loggers_live_under_vlmevalkits_root_logger():
@@ -70,12 +71,30 @@ def test_vlmeval_run_shows_the_wait_for_an_unreachable_prm_and_the_failure(tmp_p
     listens on: the wait line names the URL, then the failure after the (short) startup timeout."""
     url = f"http://127.0.0.1:{closed_port()}"
     (tmp_path / "LMUData").mkdir()
-    env = {**os.environ, DEMO_ENV: "1", SPEC_ENV: f"lmdeploy:{url}", "LMUData": str(tmp_path / "LMUData"),
-           OPTIONS_ENV: json.dumps({"prm_options": {"startup_timeout": 2}}), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "vlmeval.run", "--model", "VLMEvalPRM-TinyPolicy-BoN2", "--data",
-           "VLMEvalPRM_MiniMCQ", "--judge", "exact_matching", "--work-dir", str(tmp_path / "outputs")]
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         timeout=600).stdout
+    env = {
+        **os.environ,
+        DEMO_ENV: "1",
+        SPEC_ENV: f"lmdeploy:{url}",
+        "LMUData": str(tmp_path / "LMUData"),
+        OPTIONS_ENV: json.dumps({"prm_options": {"startup_timeout": 2}}),
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmeval.run",
+        "--model",
+        "VLMEvalPRM-TinyPolicy-BoN2",
+        "--data",
+        "VLMEvalPRM_MiniMCQ",
+        "--judge",
+        "exact_matching",
+        "--work-dir",
+        str(tmp_path / "outputs"),
+    ]
+    out = subprocess.run(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    ).stdout
     waits = [ln for ln in out.splitlines() if f"waiting for the LMDeploy server at {url}" in ln]
     assert waits and "INFO - vlmeval.vlmeval_prm.prm.http" in waits[0], out[-4000:]
     assert f"LMDeploy server at {url} is not healthy after 2s" in out, out[-4000:]

@@ -29,17 +29,28 @@ VPB_SAMPLES = 8
 @pytest.fixture(scope="session")
 def oc_venv():
     """OpenCompass's environment: built by the shipped script (minutes, once), then reused."""
-    proc = subprocess.run(["bash", str(REPO / "plugins" / "opencompass" / "install.sh"), str(VENV)],
-                          capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        ["bash", str(REPO / "plugins" / "opencompass" / "install.sh"), str(VENV)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return VENV
 
 
 def oc_env(tmp_path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "OPENAI_API_KEY")}
-    return {**env, "PATH": f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}", "LMUData": str(tmp_path / "LMUData"),
-            "VISUALPROCESSBENCH_ROOT": str(VPB_RELEASE), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", **extra}
+    return {
+        **env,
+        "PATH": f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        "LMUData": str(tmp_path / "LMUData"),
+        "VISUALPROCESSBENCH_ROOT": str(VPB_RELEASE),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        **extra,
+    }
 
 
 UNITS_SCRIPT = r"""
@@ -67,8 +78,14 @@ print("METRICS=" + json.dumps(out))
 def test_bridge_reports_visualprocessbench_in_the_datasets_own_units(oc_venv, tmp_path):
     """Through OpenCompass's bridge, the shipped evaluator gives the F1 and counts VisualProcessBench
     itself reports; the stock evaluator would report them x100."""
-    proc = subprocess.run([str(oc_venv / "bin" / "python"), "-c", UNITS_SCRIPT, str(tmp_path)], cwd=tmp_path,
-                          env=oc_env(tmp_path), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(oc_venv / "bin" / "python"), "-c", UNITS_SCRIPT, str(tmp_path)],
+        cwd=tmp_path,
+        env=oc_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads(proc.stdout.rsplit("METRICS=", 1)[1])
     own = pd.read_csv(tmp_path / "ours" / "VisualProcessBench_metrics.csv").set_index("data_source")
@@ -90,10 +107,17 @@ def test_opencompass_runs_the_shipped_config_against_the_served_demo(oc_venv, tm
     try:
         wait_ready(server, url, tmp_path / "server.log")
         work = tmp_path / "oc_outputs"
-        env = oc_env(tmp_path, VLMEVAL_PRM_SERVE_URL=f"{url}/v1", OPENAI_API_KEY=KEY,
-                     VLMEVAL_PRM_TOKENIZER=tiny_paths["policy"])  # offline: no tiktoken download
-        proc = subprocess.run([str(oc_venv / "bin" / "opencompass"), str(CONFIG), "-w", str(work)], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=1800)
+        env = oc_env(
+            tmp_path, VLMEVAL_PRM_SERVE_URL=f"{url}/v1", OPENAI_API_KEY=KEY, VLMEVAL_PRM_TOKENIZER=tiny_paths["policy"]
+        )  # offline: no tiktoken download
+        proc = subprocess.run(
+            [str(oc_venv / "bin" / "opencompass"), str(CONFIG), "-w", str(work)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     finally:
         stop(server)
@@ -104,14 +128,16 @@ def test_opencompass_runs_the_shipped_config_against_the_served_demo(oc_venv, tm
     # MCQ accuracy: VLMEvalKit's fraction, in percent
     acc = pd.read_csv(Path(results) / "VLMEvalPRM_MiniMCQ" / "VLMEvalPRM_MiniMCQ_acc.csv")
     assert float(value[("VLMEvalPRM_MiniMCQ", "split=none|Overall")]) == pytest.approx(
-        100 * acc.at[0, "Overall"], abs=0.01)
+        100 * acc.at[0, "Overall"], abs=0.01
+    )
     # VisualProcessBench: exactly the numbers the dataset reported (counts stay counts)
     own = pd.read_csv(Path(results) / "VisualProcessBench" / "VisualProcessBench_metrics.csv")
     for _, r in own.iterrows():
         for col in ("samples", "failed", "steps", "F1", "F1_pessimistic"):
             if pd.notna(r[col]):
                 assert float(value[("VisualProcessBench", f"data_source={r.data_source}|{col}")]) == pytest.approx(
-                    r[col], abs=0.01)
+                    r[col], abs=0.01
+                )
     assert float(value[("VisualProcessBench", "data_source=Overall|samples")]) == VPB_SAMPLES
 
     # every answer OpenCompass recorded is a candidate the server chose, and all candidates are stored

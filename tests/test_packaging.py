@@ -23,8 +23,13 @@ def test_wheel_holds_the_library_and_the_hook_and_no_test_code(tmp_path):
     names = wheel.namelist()
     outside = [n for n in names if not n.startswith(("vlmeval_prm/", "vlmeval_prm-")) and n not in HOOK_FILES]
     assert not outside, outside
-    test_code = [n for n in names if "standin" in n or {"tests", "testing"} & set(n.split("/"))
-                 or n.rpartition("/")[2].startswith(("test_", "conftest"))]
+    test_code = [
+        n
+        for n in names
+        if "standin" in n
+        or {"tests", "testing"} & set(n.split("/"))
+        or n.rpartition("/")[2].startswith(("test_", "conftest"))
+    ]
     assert not test_code, test_code
     assert "vlmeval_prm/host/plugin.py" in names
     for hook in HOOK_FILES:

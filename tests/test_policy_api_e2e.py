@@ -27,11 +27,27 @@ KEY = "sk-standin-secret-123"
 def vlmeval_run(work, args, extra_env=None):
     (work / "LMUData").mkdir(exist_ok=True)
     counters = work / "counters.jsonl"
-    env = {**os.environ, "LMUData": str(work / "LMUData"), "VLMEVAL_PRM_COUNTERS": str(counters),
-           "VLMEVAL_PRM_SPEC": "transformers:tiny:prm", "VLMEVAL_PRM_DEMO": "1", "PYTHONUNBUFFERED": "1",
-           **(extra_env or {})}
-    cmd = [sys.executable, "-m", "vlmeval.run", *args, "--judge", "exact_matching", "--work-dir",
-           str(work / "outputs"), "--api-nproc", "4"]
+    env = {
+        **os.environ,
+        "LMUData": str(work / "LMUData"),
+        "VLMEVAL_PRM_COUNTERS": str(counters),
+        "VLMEVAL_PRM_SPEC": "transformers:tiny:prm",
+        "VLMEVAL_PRM_DEMO": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmeval.run",
+        *args,
+        "--judge",
+        "exact_matching",
+        "--work-dir",
+        str(work / "outputs"),
+        "--api-nproc",
+        "4",
+    ]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr, read_counter_file(str(counters))
@@ -62,10 +78,23 @@ def check_run(work, model, server, counts, log):
 
 def test_config_best_of_n_over_gpt4v(tmp_path):
     with serve_sampling() as server:
-        config = {"model": {"GPT4V-BoN4": {"class": "BestOfN", "n": N, "model": {
-                      "class": "GPT4V", "model": "gpt-4o-mini", "api_base": f"{server.url}/v1/chat/completions",
-                      "key": KEY, "retry": 1, "verbose": False}}},
-                  "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}}}
+        config = {
+            "model": {
+                "GPT4V-BoN4": {
+                    "class": "BestOfN",
+                    "n": N,
+                    "model": {
+                        "class": "GPT4V",
+                        "model": "gpt-4o-mini",
+                        "api_base": f"{server.url}/v1/chat/completions",
+                        "key": KEY,
+                        "retry": 1,
+                        "verbose": False,
+                    },
+                }
+            },
+            "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}},
+        }
         (tmp_path / "config.json").write_text(json.dumps(config))
         log, counts = vlmeval_run(tmp_path, ["--config", str(tmp_path / "config.json")])
         check_run(tmp_path, "GPT4V-BoN4", server, counts, log)
@@ -73,7 +102,10 @@ def test_config_best_of_n_over_gpt4v(tmp_path):
 
 def test_registered_gpt4o_bon4_with_env_pointing_at_the_standin(tmp_path):
     with serve_sampling() as server:
-        log, counts = vlmeval_run(tmp_path, ["--model", "GPT4o-BoN4", "--data", DATA],
-                                  {"OPENAI_API_BASE": f"{server.url}/v1/chat/completions", "OPENAI_API_KEY": KEY})
+        log, counts = vlmeval_run(
+            tmp_path,
+            ["--model", "GPT4o-BoN4", "--data", DATA],
+            {"OPENAI_API_BASE": f"{server.url}/v1/chat/completions", "OPENAI_API_KEY": KEY},
+        )
         check_run(tmp_path, "GPT4o-BoN4", server, counts, log)
         assert {p["model"] for p in server.payloads} == {"gpt-4o-2024-05-13"}  # VLMEvalKit's GPT4o entry

@@ -31,12 +31,27 @@ def run_config(work: Path, models: dict) -> tuple[str, dict]:
     config = {"model": models, "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}}}
     (work / "config.json").write_text(json.dumps(config))
     counters = work / "counters.jsonl"
-    env = {**os.environ, "LMUData": str(work / "LMUData"), "VLMEVAL_PRM_COUNTERS": str(counters),
-           "VLMEVAL_PRM_SPEC": "transformers:tiny:prm", "VLMEVAL_PRM_DEMO": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(CPU_SITE), os.environ.get("PYTHONPATH", "")]),
-           "PATH": os.pathsep.join([str(CPU_SITE), os.environ["PATH"]])}
-    cmd = [sys.executable, "-m", "vlmeval.run", "--config", str(work / "config.json"), "--judge", "exact_matching",
-           "--work-dir", str(work / "outputs")]
+    env = {
+        **os.environ,
+        "LMUData": str(work / "LMUData"),
+        "VLMEVAL_PRM_COUNTERS": str(counters),
+        "VLMEVAL_PRM_SPEC": "transformers:tiny:prm",
+        "VLMEVAL_PRM_DEMO": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(CPU_SITE), os.environ.get("PYTHONPATH", "")]),
+        "PATH": os.pathsep.join([str(CPU_SITE), os.environ["PATH"]]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmeval.run",
+        "--config",
+        str(work / "config.json"),
+        "--judge",
+        "exact_matching",
+        "--work-dir",
+        str(work / "outputs"),
+    ]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -64,8 +79,19 @@ def tiny_cache(tmp_path_factory):
 def test_qwen2vl_best_of_8_is_one_generate_call_per_question(tmp_path, tiny_cache, tiny_paths):
     """The issue's "done when": BestOfN n=8 over VLMEvalKit's Qwen2VLChat, one generate call per question."""
     path = tiny_vlm("qwen2_vl", tiny_cache)
-    models = {"Qwen2VL-BoN8": {"class": "BestOfN", "n": 8, "model": {
-        "class": "Qwen2VLChat", "model_path": path, "min_pixels": 3136, "max_pixels": 3136, "max_new_tokens": 12}}}
+    models = {
+        "Qwen2VL-BoN8": {
+            "class": "BestOfN",
+            "n": 8,
+            "model": {
+                "class": "Qwen2VLChat",
+                "model_path": path,
+                "min_pixels": 3136,
+                "max_pixels": 3136,
+                "max_new_tokens": 12,
+            },
+        }
+    }
     log, counts = run_config(tmp_path, models)
     samples = candidates(tmp_path, "Qwen2VL-BoN8", 8, log)
     assert counts["policy_generate_calls:Qwen2VLChat"] == ROWS == len(samples)
@@ -86,9 +112,15 @@ MORE_CLASSES = {
 
 def test_five_more_classes_batched_through_one_vlmeval_run(tmp_path, tiny_cache, tiny_paths):
     n = 3
-    models = {f"{cls}-BoN{n}": {"class": "BestOfN", "n": n, "max_new_tokens": 12,
-                                "model": {"class": cls, "model_path": tiny_vlm(kind, tiny_cache), **extra}}
-              for cls, (kind, extra) in MORE_CLASSES.items()}
+    models = {
+        f"{cls}-BoN{n}": {
+            "class": "BestOfN",
+            "n": n,
+            "max_new_tokens": 12,
+            "model": {"class": cls, "model_path": tiny_vlm(kind, tiny_cache), **extra},
+        }
+        for cls, (kind, extra) in MORE_CLASSES.items()
+    }
     log, counts = run_config(tmp_path, models)
     for cls in MORE_CLASSES:
         candidates(tmp_path, f"{cls}-BoN{n}", n, log)

@@ -16,8 +16,20 @@ from vlmeval_prm.policy.catalog import factory_spec
 
 OTHER_PLUGIN = "OtherPlugin-Qwen2-VL-Tiny"
 #: API classes that VLMEvalKit builds offline (no key check, no network in __init__).
-OFFLINE_API = {"GPT4V", "CustomAPIModel", "Claude3V", "KimiVLAPI", "LMDeployAPI", "SiliconFlowAPI", "TeleMMAPI",
-               "TeleMM2_API", "JTVLChatAPI", "JTVLChatAPI_Mini", "JTVLChatAPI_2B", "VideoChatOnlineV2API"}
+OFFLINE_API = {
+    "GPT4V",
+    "CustomAPIModel",
+    "Claude3V",
+    "KimiVLAPI",
+    "LMDeployAPI",
+    "SiliconFlowAPI",
+    "TeleMMAPI",
+    "TeleMM2_API",
+    "JTVLChatAPI",
+    "JTVLChatAPI_Mini",
+    "JTVLChatAPI_2B",
+    "VideoChatOnlineV2API",
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +77,17 @@ def test_the_required_families_are_batched(rows):
     assert {n for n, route in internvl.items() if route != "batched"} == {"InternVL2_5-8B-BoN-8"}
     assert "best_of_n=8" in rows["InternVL2_5-8B-BoN-8"]["reason"]  # VLMEvalKit's own BoN: refused
     # the issue's uncovered families, and the GPT o-series (no temperature)
-    for name in ("PaliGemma-3B-mix-448", "Claude3.5V-Sonnet", "SAIL-VL-2B", "Eagle-X5-7B", "GeminiPro2-5",
-                 "SmolVLM", "Ovis2-8B", "Vertex-Gemini-2.5-Pro", "Doubao-1.5-Vision-Pro"):
+    for name in (
+        "PaliGemma-3B-mix-448",
+        "Claude3.5V-Sonnet",
+        "SAIL-VL-2B",
+        "Eagle-X5-7B",
+        "GeminiPro2-5",
+        "SmolVLM",
+        "Ovis2-8B",
+        "Vertex-Gemini-2.5-Pro",
+        "Doubao-1.5-Vision-Pro",
+    ):
         if name in rows:
             assert rows[name]["route"] != "unsupported", rows[name]
     o_series = [r for r in rows.values() if r["class"] == "GPT4V" and "no temperature" in r["reason"]]
@@ -96,8 +117,11 @@ def test_gpt4v_has_no_use_custom_prompt_and_best_of_n_copes(monkeypatch):
     from vlmeval_prm.host.bon import BestOfN
 
     assert not hasattr(vlmeval.api.GPT4V, "use_custom_prompt")
-    bon = BestOfN({"class": "GPT4V", "model": "gpt-4o-mini", "key": "sk-x", "api_base": "http://127.0.0.1:9/v1"},
-                  n=2, prm="transformers:tiny:prm")
+    bon = BestOfN(
+        {"class": "GPT4V", "model": "gpt-4o-mini", "key": "sk-x", "api_base": "http://127.0.0.1:9/v1"},
+        n=2,
+        prm="transformers:tiny:prm",
+    )
     assert bon.use_custom_prompt("MMBench_DEV_EN") is False
 
 
@@ -105,6 +129,8 @@ def test_use_vllm_lists_the_routes_of_vlmeval_run_use_vllm(capsys):
     """``vlmeval.run --use-vllm`` builds Qwen2-VL/Qwen2.5-VL names with use_vllm (inference.py): batched with n."""
     assert main(["models", "--json", "--use-vllm"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["Qwen2.5-VL-7B-Instruct"]["route"] == "batched" and "SamplingParams(n=N)" in rows[
-        "Qwen2.5-VL-7B-Instruct"]["reason"]
+    assert (
+        rows["Qwen2.5-VL-7B-Instruct"]["route"] == "batched"
+        and "SamplingParams(n=N)" in rows["Qwen2.5-VL-7B-Instruct"]["reason"]
+    )
     assert "num_return_sequences" in rows["InternVL2_5-8B"]["reason"]  # names VLMEvalKit does not switch

@@ -65,10 +65,13 @@ def token_rows(prm, images, candidates=CANDIDATES):
 
 # -- HF-native tiny PRM ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def native(tiny_paths):
-    return (TransformersPRM(tiny_paths["prm"], batch_size=8),
-            TransformersPRM(tiny_paths["prm"], batch_size=8, share_prefix=False))
+    return (
+        TransformersPRM(tiny_paths["prm"], batch_size=8),
+        TransformersPRM(tiny_paths["prm"], batch_size=8, share_prefix=False),
+    )
 
 
 @pytest.mark.parametrize("n_images", [0, 1, 2])
@@ -91,7 +94,7 @@ def test_native_shared_prefix_scores_equal_full_scoring(native, images, n_images
 def test_the_memory_budget_splits_the_candidates_into_batches(tiny_paths, native, images):
     rows = token_rows(native[0], images[:1])
     per_token = 2 * 2 * 2 * 16 * 4  # layers x (key, value) x kv heads x head dim x float32 bytes
-    budget_mb = 2.5 * per_token * max(map(len, rows)) / 2 ** 20  # two and a half of the longest candidate
+    budget_mb = 2.5 * per_token * max(map(len, rows)) / 2**20  # two and a half of the longest candidate
     tight = TransformersPRM(tiny_paths["prm"], batch_size=8, kv_budget_mb=budget_mb)
     (a, counts), (b, _) = scored(tight, images[:1]), scored(native[1], images[:1])
     assert_same_scores(a, b)
@@ -121,7 +124,7 @@ def test_a_single_candidate_is_scored_in_full(native, images):
 
 IMAGE_SIZE, NUM_IMAGE_TOKEN = 28, 4
 
-CONFIG_PY = '''
+CONFIG_PY = """
 from transformers import PretrainedConfig
 
 
@@ -134,7 +137,7 @@ class TinyInternVLChatConfig(PretrainedConfig):
         self.force_image_size = force_image_size
         self.num_image_token = num_image_token
         self.template = template
-'''
+"""
 
 MODELING_PY = '''
 import inspect
@@ -215,18 +218,32 @@ def remote_ckpt(tiny_paths, tmp_path_factory):
     (out / "modeling_tiny_internvl.py").write_text(textwrap.dedent(MODELING_PY))
     tokenizer = AutoTokenizer.from_pretrained(tiny_paths["prm"])
     tokenizer.save_pretrained(out)
-    llm = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
-           "tie_word_embeddings": False, "pad_token_id": tokenizer.pad_token_id}
-    config = {"architectures": ["TinyInternVLChatModel"], "model_type": "tiny_internvl_chat_legacy",
-              "auto_map": {"AutoConfig": "configuration_tiny_internvl.TinyInternVLChatConfig",
-                           "AutoModel": "modeling_tiny_internvl.TinyInternVLChatModel"},
-              "llm_config": llm, "force_image_size": IMAGE_SIZE, "num_image_token": NUM_IMAGE_TOKEN,
-              "template": "internvl2_5"}
+    llm = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": False,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = {
+        "architectures": ["TinyInternVLChatModel"],
+        "model_type": "tiny_internvl_chat_legacy",
+        "auto_map": {
+            "AutoConfig": "configuration_tiny_internvl.TinyInternVLChatConfig",
+            "AutoModel": "modeling_tiny_internvl.TinyInternVLChatModel",
+        },
+        "llm_config": llm,
+        "force_image_size": IMAGE_SIZE,
+        "num_image_token": NUM_IMAGE_TOKEN,
+        "template": "internvl2_5",
+    }
     (out / "config.json").write_text(json.dumps(config))
     torch.manual_seed(0)
-    model = AutoModel.from_config(AutoConfig.from_pretrained(str(out), trust_remote_code=True),
-                                  trust_remote_code=True)
+    model = AutoModel.from_config(AutoConfig.from_pretrained(str(out), trust_remote_code=True), trust_remote_code=True)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)

@@ -16,15 +16,18 @@ def closed_port_url():
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("lmdepoly:http://127.0.0.1:23333", "unknown PRM backend 'lmdepoly'"),
-    ("transformers:/models/does-not-exist/VisualPRM-8B", "no such checkpoint directory"),
-    ("/models/does-not-exist/VisualPRM-8B", "no such checkpoint directory"),
-    ("transformers:tiny:prn", "no tiny model 'prn'"),
-    ("lmdeploy:127.0.0.1:23333", "is not an http(s)://host[:port] URL"),
-    ("lmdeploy:http://a:23333,http://b:port", "'http://b:port'"),
-    ("lmdeploy:", "no server URL"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("lmdepoly:http://127.0.0.1:23333", "unknown PRM backend 'lmdepoly'"),
+        ("transformers:/models/does-not-exist/VisualPRM-8B", "no such checkpoint directory"),
+        ("/models/does-not-exist/VisualPRM-8B", "no such checkpoint directory"),
+        ("transformers:tiny:prn", "no tiny model 'prn'"),
+        ("lmdeploy:127.0.0.1:23333", "is not an http(s)://host[:port] URL"),
+        ("lmdeploy:http://a:23333,http://b:port", "'http://b:port'"),
+        ("lmdeploy:", "no server URL"),
+    ],
+)
 def test_a_bad_spec_is_an_immediate_error_naming_it(spec, message):
     start = time.monotonic()
     with pytest.raises(ValueError) as err:

@@ -31,11 +31,13 @@ def fixture_samples(seed: int = 0) -> pd.DataFrame:
     """The fixture's gold labels with deterministic random P(+) per step."""
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "data_source": [r["data_source"] for r in rows],
-        "labels": [r["response"]["process_correctness"] for r in rows],
-        "pred": [rng.random(len(r["response"]["steps"])).tolist() for r in rows],
-    })
+    return pd.DataFrame(
+        {
+            "data_source": [r["data_source"] for r in rows],
+            "labels": [r["response"]["process_correctness"] for r in rows],
+            "pred": [rng.random(len(r["response"]["steps"])).tolist() for r in rows],
+        }
+    )
 
 
 def pooled(samples: pd.DataFrame, source: str | None = None):
@@ -78,8 +80,9 @@ def test_summary_per_source_and_pooled_overall_match_sklearn():
 def test_neutral_steps_do_not_affect_the_score():
     samples = fixture_samples()
     flipped = samples.copy()
-    flipped["pred"] = [[1 - p if g == 0 else p for g, p in zip(lab, pred)]
-                       for lab, pred in zip(samples["labels"], samples["pred"])]
+    flipped["pred"] = [
+        [1 - p if g == 0 else p for g, p in zip(lab, pred)] for lab, pred in zip(samples["labels"], samples["pred"])
+    ]
     a, b = summarize(samples, "score"), summarize(flipped, "score")
     pd.testing.assert_frame_equal(a, b)
     neutral_only = samples.index[samples["labels"].map(lambda x: set(x) == {0})]

@@ -43,9 +43,11 @@ N, MODEL, JUDGE = 4, "StandinPolicy-BoN4", "gpt-4o-mini"
 DATASETS = ("MathVista_MINI", "DynaMath")
 TESTS = os.path.dirname(os.path.abspath(__file__))
 #: vlmeval.run, after accepting the stand-in TSVs under the real names (no download, no checksum).
-RUNNER = ("import runpy, sys; sys.path.insert(0, {tests!r}); "
-          "from standins.offline_benchmarks import pin_offline_checksums; pin_offline_checksums({names!r}); "
-          "sys.argv = ['vlmeval.run', *sys.argv[1:]]; runpy.run_module('vlmeval.run', run_name='__main__')")
+RUNNER = (
+    "import runpy, sys; sys.path.insert(0, {tests!r}); "
+    "from standins.offline_benchmarks import pin_offline_checksums; pin_offline_checksums({names!r}); "
+    "sys.argv = ['vlmeval.run', *sys.argv[1:]]; runpy.run_module('vlmeval.run', run_name='__main__')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +58,56 @@ def work(tmp_path_factory, tiny_paths):
     write_tsv(lmu, "MathVista_MINI", mathvista_rows())
     write_tsv(lmu, "DynaMath", dynamath_rows())
     scripts = {**mathvista_scripts(), **dynamath_scripts(dynamath_rows())}
-    with serve_policy(scripts) as policy, \
-            serve_scripted(judge_reply, model=JUDGE) as judge:
-        config = {"model": {MODEL: {"class": "BestOfN", "n": N, "prm": "transformers:tiny:prm", "max_steps": 4,
-                                    "model": {"class": "GPT4V", "model": "standin-policy", "key": "sk-policy",
-                                              "api_base": f"{policy.url}/v1/chat/completions", "retry": 2,
-                                              "max_tokens": 256}}},
-                  "data": {"MathVista_MINI": {"class": "MathVista", "dataset": "MathVista_MINI"},
-                           "DynaMath": {"class": "Dynamath", "dataset": "DynaMath"}}}
+    with serve_policy(scripts) as policy, serve_scripted(judge_reply, model=JUDGE) as judge:
+        config = {
+            "model": {
+                MODEL: {
+                    "class": "BestOfN",
+                    "n": N,
+                    "prm": "transformers:tiny:prm",
+                    "max_steps": 4,
+                    "model": {
+                        "class": "GPT4V",
+                        "model": "standin-policy",
+                        "key": "sk-policy",
+                        "api_base": f"{policy.url}/v1/chat/completions",
+                        "retry": 2,
+                        "max_tokens": 256,
+                    },
+                }
+            },
+            "data": {
+                "MathVista_MINI": {"class": "MathVista", "dataset": "MathVista_MINI"},
+                "DynaMath": {"class": "Dynamath", "dataset": "DynaMath"},
+            },
+        }
         (work / "bon.json").write_text(json.dumps(config))
-        env = {**os.environ, "LMUData": str(lmu), "VLMEVAL_PRM_DEMO": "1", "HF_HUB_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.run([sys.executable, "-c", RUNNER.format(tests=TESTS, names=list(DATASETS)),
-                               "--config", str(work / "bon.json"), "--work-dir", str(work / "outputs"),
-                               "--mode", "infer"],
-                              cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=1200)
+        env = {
+            **os.environ,
+            "LMUData": str(lmu),
+            "VLMEVAL_PRM_DEMO": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                RUNNER.format(tests=TESTS, names=list(DATASETS)),
+                "--config",
+                str(work / "bon.json"),
+                "--work-dir",
+                str(work / "outputs"),
+                "--mode",
+                "infer",
+            ],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=1200,
+        )
         for name in DATASETS:
             assert os.path.exists(store_file(str(work / "outputs" / MODEL), MODEL, name)), proc.stdout[-4000:]
         assert policy.chat_calls > 0
@@ -94,8 +130,23 @@ def offline_env(work):
 
 
 def report_cli(work_dir):
-    return cli.main(["report", "--work-dir", str(work_dir / "outputs"), "--model", MODEL, "--data", *DATASETS,
-                     "--judge", JUDGE, "--judge-args", json.dumps({"retry": 1, "wait": 0}), "--nproc", "2"])
+    return cli.main(
+        [
+            "report",
+            "--work-dir",
+            str(work_dir / "outputs"),
+            "--model",
+            MODEL,
+            "--data",
+            *DATASETS,
+            "--judge",
+            JUDGE,
+            "--judge-args",
+            json.dumps({"retry": 1, "wait": 0}),
+            "--nproc",
+            "2",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +244,10 @@ def test_bon_at_k_matches_brute_force(work, reported):
             for members in qid_rows.values():
                 outcomes = [brute_force_row(strategy, dyn.samples[r].candidates, k) for r in members]
                 groups.append(np.mean([prod(combo) for combo in itertools.product(*outcomes)]))
-            assert paper.loc[(strategy, k), "DynaMath [worst_case]"] == pytest.approx(100 * np.mean(groups)), \
-                (strategy, k)
+            assert paper.loc[(strategy, k), "DynaMath [worst_case]"] == pytest.approx(100 * np.mean(groups)), (
+                strategy,
+                k,
+            )
     assert (paper["Mean of 2 MC s.e."] == 0).all()  # N = 4: everything exact
     # every candidate has a vote key (DynaMath's JSON "short answer" included): one vote is one candidate
     for column in ("MathVista_MINI", "DynaMath [worst_case]"):
@@ -205,8 +258,14 @@ def test_outputs_and_layout(work, reported):
     work_dir, _ = work
     root = work_dir / "outputs" / MODEL
     paper = pd.read_csv(root / f"{MODEL}_bon_paper.csv")
-    assert list(paper.columns) == ["N", "strategy", "MathVista_MINI", "DynaMath [worst_case]", "Mean of 2",
-                                   "Mean of 2 MC s.e."]
+    assert list(paper.columns) == [
+        "N",
+        "strategy",
+        "MathVista_MINI",
+        "DynaMath [worst_case]",
+        "Mean of 2",
+        "Mean of 2 MC s.e.",
+    ]
     assert sorted(set(paper["N"])) == [1, 2, 4]
     assert np.allclose(paper["Mean of 2"], (paper["MathVista_MINI"] + paper["DynaMath [worst_case]"]) / 2)
     sheets = pd.read_excel(root / f"{MODEL}_bon_paper.xlsx", sheet_name=None)

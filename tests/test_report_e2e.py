@@ -28,14 +28,21 @@ CLI = os.path.join(os.path.dirname(sys.executable), "vlmeval-prm")
 
 
 def env_for(work):
-    return {**os.environ, "LMUData": str(work / "LMUData"), "VLMEVAL_PRM_OPTIONS": '{"orm": true}',
-            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", DEMO_ENV: "1"}
+    return {
+        **os.environ,
+        "LMUData": str(work / "LMUData"),
+        "VLMEVAL_PRM_OPTIONS": '{"orm": true}',
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        DEMO_ENV: "1",
+    }
 
 
 def run(cmd, work):
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=work, env=env_for(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        cmd, cwd=work, env=env_for(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+    )
     return proc, time.monotonic() - start
 
 
@@ -48,11 +55,38 @@ def reported(tmp_path_factory, tiny_paths):
     """One BoN-8 run (with ORM scores), then the report through the console script."""
     work = tmp_path_factory.mktemp("report")
     (work / "LMUData").mkdir()
-    proc, t_run = run([sys.executable, "-m", "vlmeval.run", "--model", MODEL, "--data", DATA, "--judge",
-                       "exact_matching", "--work-dir", str(work / "outputs")], work)
+    proc, t_run = run(
+        [
+            sys.executable,
+            "-m",
+            "vlmeval.run",
+            "--model",
+            MODEL,
+            "--data",
+            DATA,
+            "--judge",
+            "exact_matching",
+            "--work-dir",
+            str(work / "outputs"),
+        ],
+        work,
+    )
     assert proc.returncode == 0 and (root(work) / f"{MODEL}_{DATA}.xlsx").exists(), proc.stdout[-4000:]
-    proc, t_report = run([CLI, "report", "--work-dir", str(work / "outputs"), "--model", MODEL, "--data", DATA,
-                          "--judge", "exact_matching"], work)
+    proc, t_report = run(
+        [
+            CLI,
+            "report",
+            "--work-dir",
+            str(work / "outputs"),
+            "--model",
+            MODEL,
+            "--data",
+            DATA,
+            "--judge",
+            "exact_matching",
+        ],
+        work,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     print(f"\nvlmeval.run BoN-8: {t_run:.1f} s; vlmeval-prm report (first, judging 8 candidates): {t_report:.1f} s")
     return work, proc.stdout
@@ -158,12 +192,17 @@ def _damage(work, target):
     records = list(read_records(str(store_path)))
     samples = index_records(records)
     keys = [json.loads(x)["key"] for x in pd.read_excel(root(target) / f"{MODEL}_{DATA}.xlsx")["extra_records"]]
-    healthy = [k for k in keys if all(samples[k].score(i, PRM, m).error is None
-                                      for i in range(N) for m in ("step", "outcome"))]
+    healthy = [
+        k for k in keys if all(samples[k].score(i, PRM, m).error is None for i in range(N) for m in ("step", "outcome"))
+    ]
     assert len(healthy) >= 8, "the tiny run has too many failed scores for this test"
     failed_scores, short, textless, unsummarised = healthy[:3], healthy[3], healthy[4], healthy[5]
-    kept = [r for r in records if not (r.kind == "score" and r.key in failed_scores and r.i == 0)
-            and not (r.kind == "candidate" and r.key == short and r.i >= 6)]
+    kept = [
+        r
+        for r in records
+        if not (r.kind == "score" and r.key in failed_scores and r.i == 0)
+        and not (r.kind == "candidate" and r.key == short and r.i >= 6)
+    ]
     kept.append(CandidateRecord(key=textless, i=2, text=None, error="timeout", policy="x"))
     store_path.write_bytes(b"".join(encode(r) for r in kept))
     pred = pd.read_excel(root(target) / f"{MODEL}_{DATA}.xlsx")
@@ -180,8 +219,13 @@ def test_bad_input_is_counted_not_fatal(reported, tmp_path, monkeypatch):
     base = pd.read_csv(f"{prefix(work)}_exclusions.csv", index_col="strategy")
     result = report([(str(tmp_path / "outputs"), MODEL, DATA)], judge="exact_matching")
     got = result[(str(tmp_path / "outputs"), MODEL, DATA)]
-    assert got["notes"] == {"rows": ROWS, "rows_without_summary": 1, "rows_not_in_store": 0,
-                            "rows_with_fewer_than_n": 1, "candidates_without_text": 1}
+    assert got["notes"] == {
+        "rows": ROWS,
+        "rows_without_summary": 1,
+        "rows_not_in_store": 0,
+        "rows_with_fewer_than_n": 1,
+        "candidates_without_text": 1,
+    }
     excl = got["exclusions"]
     assert (excl["samples"] == ROWS - 1).all() and (excl["dropped_samples"] == 1).all()
     assert (excl["correct_unknown"] == base["correct_unknown"] + 1).all()

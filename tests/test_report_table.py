@@ -20,8 +20,15 @@ def make_samples(count=12, n=8, seed=0):
         for _ in range(n if q % 4 else n - 3):  # every fourth question is short
             correct = rng.random() < 0.45
             scores = [0.3 * correct + 0.7 * rng.random() for _ in range(rng.randint(1, 4))]
-            cands.append(Candidate("t", rng.choice("abc") if rng.random() > 0.1 else None, correct,
-                                   scores if rng.random() > 0.1 else None, rng.random()))
+            cands.append(
+                Candidate(
+                    "t",
+                    rng.choice("abc") if rng.random() > 0.1 else None,
+                    correct,
+                    scores if rng.random() > 0.1 else None,
+                    rng.random(),
+                )
+            )
         cands[0].correct = None if q == 4 else cands[0].correct  # q4 is also short
         samples.append(SampleCandidates(f"q{q}", cands))
     return samples
@@ -51,8 +58,15 @@ def test_table_values_are_bon_at_k_in_percent(tables):
 
 def test_exclusions_table_counts(tables):
     _, excl = tables
-    assert set(excl.columns) >= {"samples", "dropped_samples", "empty_samples", "capped_samples",
-                                 "monte_carlo_ks", "monte_carlo_draws", *REASONS}
+    assert set(excl.columns) >= {
+        "samples",
+        "dropped_samples",
+        "empty_samples",
+        "capped_samples",
+        "monte_carlo_ks",
+        "monte_carlo_draws",
+        *REASONS,
+    }
     assert (excl["samples"] == 12).all() and (excl["capped_samples"] == 3).all()
     assert (excl["correct_unknown"] == 1).all()
     assert excl.loc["prm_mean", "no_step_scores"] > 0 and excl.loc["self_consistency", "no_answer"] > 0
@@ -73,14 +87,16 @@ def test_written_files_match_the_dataframes(tables, tmp_path):
     csv_table = pd.read_csv(paths["table_csv"], index_col="strategy")
     csv_table.columns = csv_table.columns.astype(int)
     pd.testing.assert_frame_equal(csv_table, table, check_names=False, rtol=0, atol=1e-12)
-    pd.testing.assert_frame_equal(pd.read_csv(paths["exclusions_csv"], index_col="strategy"), excl,
-                                  check_names=False, check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(paths["exclusions_csv"], index_col="strategy"), excl, check_names=False, check_dtype=False
+    )
 
     xl_table = pd.read_excel(paths["xlsx"], sheet_name="bon", index_col=0)
     xl_table.columns = xl_table.columns.astype(int)
     pd.testing.assert_frame_equal(xl_table, table, check_names=False, rtol=0, atol=1e-12)
-    pd.testing.assert_frame_equal(pd.read_excel(paths["xlsx"], sheet_name="exclusions", index_col=0), excl,
-                                  check_names=False, check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.read_excel(paths["xlsx"], sheet_name="exclusions", index_col=0), excl, check_names=False, check_dtype=False
+    )
 
     with open(paths["png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -28,8 +28,15 @@ def reported(tmp_path_factory):
     shutil.copytree(FIXTURE, work / "outputs")
     (work / "LMUData").mkdir()
     env = {**os.environ, "LMUData": str(work / "LMUData"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([CLI, "report", "--work-dir", str(work / "outputs"), "--model", MODEL, "--data", DATA],
-                          cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    proc = subprocess.run(
+        [CLI, "report", "--work-dir", str(work / "outputs"), "--model", MODEL, "--data", DATA],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     return work / "outputs" / MODEL, proc.stdout
 
@@ -48,8 +55,16 @@ def stored(root):
         text = {r["i"]: r["text"] for r in lines if r["kind"] == "candidate" and r["key"] == key}
         steps = {r["i"]: r["step_scores"] for r in lines if r["kind"] == "score" and r["key"] == key}
         choices = {c: str(row[c]) for c in "ABCD"}
-        rows.append([{"correct": hits[i][row["index"]], "mean": sum(steps[i]) / len(steps[i]),
-                      "answer": extract_answer(text[i], "MCQ", choices)} for i in range(N)])
+        rows.append(
+            [
+                {
+                    "correct": hits[i][row["index"]],
+                    "mean": sum(steps[i]) / len(steps[i]),
+                    "answer": extract_answer(text[i], "MCQ", choices),
+                }
+                for i in range(N)
+            ]
+        )
     return rows
 
 

@@ -136,19 +136,20 @@ def test_the_run_picks_only_what_the_report_counts(aggregate, tiny_paths, image,
         assert all(counts[i] >= KEYS / len(tied) / 2 for i in tied), (pattern, counts)
 
 
-def test_the_summary_counts_unscored_candidates_and_a_resume_picks_the_same(tiny_paths, image, tmp_path,
-                                                                             monkeypatch):
+def test_the_summary_counts_unscored_candidates_and_a_resume_picks_the_same(tiny_paths, image, tmp_path, monkeypatch):
     monkeypatch.setenv("VLMEVAL_PRM_STORE_DIR", str(tmp_path / "store"))
     first = {p: make_bon("mean", monkeypatch).generate(question(p, 0, image), "Planted") for p in PATTERNS}
-    expect = {"three_way_tie": {"generation": 0, "no_steps": 0, "prm": 0, "non_finite": 1},
-              "one_left": {"generation": 0, "no_steps": 1, "prm": 1, "non_finite": 1},
-              "none_left": {"generation": 0, "no_steps": 1, "prm": 1, "non_finite": 2}}
+    expect = {
+        "three_way_tie": {"generation": 0, "no_steps": 0, "prm": 0, "non_finite": 1},
+        "one_left": {"generation": 0, "no_steps": 1, "prm": 1, "non_finite": 1},
+        "none_left": {"generation": 0, "no_steps": 1, "prm": 1, "non_finite": 2},
+    }
     for pattern, failures in expect.items():
         summary = json.loads(first[pattern]["extra_records"])
         assert summary["failures"] == failures and summary["unscored"] == sum(failures.values())
         assert [s is None for s in summary["scores"]] == [
-            not (isinstance(plan, list) and plan and all(math.isfinite(x) for x in plan))
-            for plan in PATTERNS[pattern]]
+            not (isinstance(plan, list) and plan and all(math.isfinite(x) for x in plan)) for plan in PATTERNS[pattern]
+        ]
     again = make_bon("mean", monkeypatch)  # a resumed run: a new process reads the same store
     for pattern in ("three_way_tie", "nan_on_the_best", "nan_mid_sequence"):
         assert again.generate(question(pattern, 0, image), "Planted") == first[pattern]

@@ -199,6 +199,7 @@ def sampled(kwargs: dict, temperature=0.7, top_p=0.95) -> bool:
 
 # -- InternVL: batched through the remote chat's language model ------------------------------------
 
+
 def test_internvl_samples_n_in_one_generate_call_with_requested_settings(internvl, image):
     kwargs_before = dict(internvl.kwargs)
     adapter = get_adapter(internvl)
@@ -220,8 +221,9 @@ def test_internvl_samples_n_in_one_generate_call_with_requested_settings(internv
 
 
 def test_batch_size_splits_the_engine_calls(internvl, image):
-    out = get_adapter(internvl).sample(internvl, [{"type": "image", "value": image}] + TEXT, None, 5,
-                                       SamplingConfig(batch_size=2), greedy_first=False)
+    out = get_adapter(internvl).sample(
+        internvl, [{"type": "image", "value": image}] + TEXT, None, 5, SamplingConfig(batch_size=2), greedy_first=False
+    )
     assert len({s.text for s in out}) == 5
     # the fifth candidate alone: a plain call
     assert [c.get("num_return_sequences") for c in internvl.model.language_model.calls] == [2, 2, None]
@@ -261,6 +263,7 @@ def test_internvl_with_its_own_best_of_n_is_refused(internvl):
 
 
 # -- Qwen2-VL -------------------------------------------------------------------------------------
+
 
 def test_qwen_transformers_path_is_one_batched_call_and_restores(qwen):
     before = dict(qwen.generate_kwargs)
@@ -336,7 +339,7 @@ def test_qwen_lmdeploy_path_is_one_batched_pipeline_call(qwen, fake_lmdeploy):
 
     out = get_adapter(qwen).sample(qwen, TEXT, None, 4, SamplingConfig(top_k=20, max_new_tokens=64))
     assert len({s.text for s in out}) == 4 and all(s.ok for s in out)
-    (batch, gen), = pipe.calls[1:]
+    ((batch, gen),) = pipe.calls[1:]
     assert batch == 4 and sampled(vars(gen)) and gen.top_k == 20 and gen.max_new_tokens == 64
     assert gen.random_seed is None
     assert qwen.model is pipe
@@ -398,6 +401,7 @@ def test_subclass_matches_along_mro(qwen):
 
 # -- LLaVA (HF-native), batched; generic route for classes without an adapter --------------------
 
+
 def test_llava_onevision_hf_hardcoded_call_is_batched(monkeypatch):
     inner = FakeLM()
     patch_transformers(monkeypatch, AutoProcessor=FakeProcessor(), LlavaOnevisionForConditionalGeneration=inner)
@@ -413,8 +417,9 @@ def test_llava_onevision_hf_hardcoded_call_is_batched(monkeypatch):
 
 def test_llava_next_kwargs_are_left_alone(monkeypatch):
     inner = FakeLM()
-    patch_transformers(monkeypatch, LlavaNextProcessor=FakeProcessor("ASSISTANT: "),
-                       LlavaNextForConditionalGeneration=inner)
+    patch_transformers(
+        monkeypatch, LlavaNextProcessor=FakeProcessor("ASSISTANT: "), LlavaNextForConditionalGeneration=inner
+    )
     model = vlmeval.vlm.LLaVA_Next(model_path="llava-hf/llava-v1.6-vicuna-7b-hf")
     before = dict(model.kwargs)
     out = get_adapter(model).sample(model, TEXT, None, 2, CFG)
@@ -463,6 +468,7 @@ def _png() -> str:
 
 # -- MiniCPM-V ------------------------------------------------------------------------------------
 
+
 def test_minicpm_sampling_flag_and_beams(minicpm):
     out = get_adapter(minicpm).sample(minicpm, TEXT, None, 2, CFG, greedy_first=True)
     assert all(s.ok for s in out)
@@ -510,6 +516,7 @@ def test_minicpm_v_short_answer_cap_is_raised_for_reasoning(monkeypatch):
 
 # -- API wrappers ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def http(monkeypatch):
     """Replaces the HTTP layer; records each JSON payload. ``honour_n``: answer ``n`` choices."""
@@ -519,14 +526,19 @@ def http(monkeypatch):
         payload = json if json is not None else _json.loads(data)
         payloads.append(payload)
         n = payload.get("n", 1) if honour_n[0] else 1
-        body = ({"choices": [{"message": {"content": f"{ANSWER} #{i}"}} for i in range(n)],
-                 "content": [{"text": ANSWER}]} if status[0] == 200 else {"message": "boom"})
+        body = (
+            {"choices": [{"message": {"content": f"{ANSWER} #{i}"}} for i in range(n)], "content": [{"text": ANSWER}]}
+            if status[0] == 200
+            else {"message": "boom"}
+        )
 
         def raise_for_status():
             if status[0] >= 400:
                 raise requests.HTTPError(f"HTTP {status[0]}")
-        return SimpleNamespace(status_code=status[0], text=_json.dumps(body), json=lambda: body,
-                               raise_for_status=raise_for_status)
+
+        return SimpleNamespace(
+            status_code=status[0], text=_json.dumps(body), json=lambda: body, raise_for_status=raise_for_status
+        )
 
     monkeypatch.setattr(requests, "post", post)  # VLMEvalKit's wrappers, one candidate per request
     monkeypatch.setattr(requests, "request", lambda method, url, **kw: post(url, **kw))
@@ -551,7 +563,8 @@ def test_gpt4v_sends_settings_per_request(http):
     assert greedy["temperature"] == 0.0 and "top_p" not in greedy and "n" not in greedy
     assert sampled_req["n"] == 2 and sampled_req["temperature"] == 0.7 and sampled_req["top_p"] == 0.95
     assert sampled_req["max_tokens"] == 512 and sampled_req["messages"] == model.prepare_inputs(
-        model.preproc_content(TEXT))
+        model.preproc_content(TEXT)
+    )
     assert all("top_k" not in p and "dataset" not in p for p in http.payloads)
     assert model.temperature == 0 and model.default_kwargs == {}
 
@@ -604,8 +617,9 @@ def test_lmdeploy_api_sends_settings_per_request(http):
 
 
 def test_lmdeploy_api_prompt_adapter_forcing_greedy_is_refused(http):
-    model = vlmeval.api.LMDeployAPI(model="InternVL3-8B", api_base=URL, key="sk-test", retry=1, verbose=False,
-                                    custom_prompt="internvl3")
+    model = vlmeval.api.LMDeployAPI(
+        model="InternVL3-8B", api_base=URL, key="sk-test", retry=1, verbose=False, custom_prompt="internvl3"
+    )
     adapter = get_adapter(model)
     with pytest.raises(UnsupportedPolicyError, match="temperature"):
         adapter.sample(model, TEXT, "MMBench_DEV_EN", 2, CFG)
@@ -613,8 +627,7 @@ def test_lmdeploy_api_prompt_adapter_forcing_greedy_is_refused(http):
 
 
 def test_claude_gets_n_parallel_requests_with_what_it_forwards(http, monkeypatch):
-    model = vlmeval.api.Claude3V(backend="official", model="claude-3-5-sonnet", key="sk-test", retry=1,
-                                 verbose=False)
+    model = vlmeval.api.Claude3V(backend="official", model="claude-3-5-sonnet", key="sk-test", retry=1, verbose=False)
     adapter = get_adapter(model)
     assert adapter.route(model).route == "api-parallel" and "top_p not sent" in adapter.route(model).reason
     out = adapter.sample(model, TEXT, "MMBench_DEV_EN", 3, SamplingConfig(top_k=40, max_new_tokens=900))
@@ -649,6 +662,7 @@ def test_one_by_one_candidates_are_handed_over_as_they_exist(http):
 
 # -- registry and config --------------------------------------------------------------------------
 
+
 def test_same_name_in_another_hierarchy_is_not_matched():
     # ARM_thinker derives from arm_thinker.LMDeployWrapper, not from the OpenAISDKWrapper family
     model = vlmeval.api.ARM_thinker.__new__(vlmeval.api.ARM_thinker)
@@ -666,14 +680,21 @@ def test_registering_a_taken_name_fails():
     assert {"InternVLChat", "Qwen2VLChat", "BaseModel", "BaseAPI", "OpenAIWrapper"} <= set(supported_families())
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": 0}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": 1},
-                                    {"max_new_tokens": 0}, {"batch_size": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"temperature": 0}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": 1}, {"max_new_tokens": 0}, {"batch_size": 0}]
+)
 def test_config_rejects_settings_that_are_not_sampling(kwargs):
     with pytest.raises(ValueError):
         SamplingConfig(**kwargs)
 
 
 def test_config_record():
-    assert SamplingConfig(top_k=40).to_record() == {"temperature": 0.7, "top_p": 0.95, "top_k": 40,
-                                                    "max_new_tokens": None, "first_greedy": False,
-                                                    "batch_size": None, "reasoning_tokens": 2048}
+    assert SamplingConfig(top_k=40).to_record() == {
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "top_k": 40,
+        "max_new_tokens": None,
+        "first_greedy": False,
+        "batch_size": None,
+        "reasoning_tokens": 2048,
+    }

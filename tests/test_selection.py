@@ -22,8 +22,13 @@ from vlmeval_prm.select.strategies import (
 
 
 def cand(correct, scores=(0.5,), answer="a", outcome=None):
-    return Candidate(text="t", answer=answer, correct=correct,
-                     step_scores=None if scores is None else list(scores), outcome_score=outcome)
+    return Candidate(
+        text="t",
+        answer=answer,
+        correct=correct,
+        step_scores=None if scores is None else list(scores),
+        outcome_score=outcome,
+    )
 
 
 _score = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 0.1, 0.2, 0.3, math.nan])
@@ -38,9 +43,17 @@ _candidate = st.builds(
 
 def test_registry_names_and_kinds():
     kinds = {name: s.kind for name, s in STRATEGIES.items()}
-    assert kinds == {"prm_mean": ARGMAX, "prm_min": ARGMAX, "prm_last": ARGMAX, "prm_product": ARGMAX,
-                     "orm": ARGMAX, "self_consistency": VOTE, "prm_weighted_vote": VOTE,
-                     "random": RANDOM, "oracle": ORACLE}
+    assert kinds == {
+        "prm_mean": ARGMAX,
+        "prm_min": ARGMAX,
+        "prm_last": ARGMAX,
+        "prm_product": ARGMAX,
+        "orm": ARGMAX,
+        "self_consistency": VOTE,
+        "prm_weighted_vote": VOTE,
+        "random": RANDOM,
+        "oracle": ORACLE,
+    }
 
 
 def test_unknown_strategy_names_the_choices():
@@ -50,6 +63,7 @@ def test_unknown_strategy_names_the_choices():
 
 def test_decorator_registers_a_new_strategy():
     try:
+
         @strategy("longest", ARGMAX, missing="no_text")
         def _length(c):
             return None if c.text is None else len(c.text)
@@ -63,13 +77,16 @@ def test_decorator_registers_a_new_strategy():
         STRATEGIES.pop("longest", None)
 
 
-@pytest.mark.parametrize("name,expected", [
-    # steps: [0.9, 0.1] wrong, [0.6, 0.6] right, [0.2, 0.95] wrong
-    ("prm_mean", 1.0),     # means 0.5 / 0.6 / 0.575
-    ("prm_min", 1.0),      # mins 0.1 / 0.6 / 0.2
-    ("prm_last", 0.0),     # lasts 0.1 / 0.6 / 0.95
-    ("prm_product", 1.0),  # products 0.09 / 0.36 / 0.19
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # steps: [0.9, 0.1] wrong, [0.6, 0.6] right, [0.2, 0.95] wrong
+        ("prm_mean", 1.0),  # means 0.5 / 0.6 / 0.575
+        ("prm_min", 1.0),  # mins 0.1 / 0.6 / 0.2
+        ("prm_last", 0.0),  # lasts 0.1 / 0.6 / 0.95
+        ("prm_product", 1.0),  # products 0.09 / 0.36 / 0.19
+    ],
+)
 def test_prm_aggregations_pick_different_candidates(name, expected):
     cands = [cand(False, [0.9, 0.1]), cand(True, [0.6, 0.6]), cand(False, [0.2, 0.95])]
     assert subset_outcome(name, cands) == expected
@@ -147,18 +164,36 @@ def test_self_consistency_majority_and_uniform_tie_break():
 
 def test_tied_answers_share_the_pick_and_supporters_share_their_answers_share():
     # x: 2 votes, y: 2 votes, z: 1 vote -> x and y get 1/2 each, split between their 2 supporters
-    cands = [cand(True, answer="x"), cand(False, answer="y"), cand(True, answer="z"), cand(True, answer="y"),
-             cand(False, answer="x"), cand(True, answer=None)]
-    assert pick_probabilities("self_consistency", cands) == [Fraction(1, 4), Fraction(1, 4), 0, Fraction(1, 4),
-                                                             Fraction(1, 4), 0]
+    cands = [
+        cand(True, answer="x"),
+        cand(False, answer="y"),
+        cand(True, answer="z"),
+        cand(True, answer="y"),
+        cand(False, answer="x"),
+        cand(True, answer=None),
+    ]
+    assert pick_probabilities("self_consistency", cands) == [
+        Fraction(1, 4),
+        Fraction(1, 4),
+        0,
+        Fraction(1, 4),
+        Fraction(1, 4),
+        0,
+    ]
 
 
 def test_weighted_vote_exact_tie_is_not_decided_by_float_rounding():
     # x and y hold the same weights, in another order: left-to-right float sums are 0.6000000000000001
     # and 0.6, but the exact totals are equal, so it is a tie (math.fsum, in the run and the report)
     assert (0.1 + 0.2) + 0.3 != (0.3 + 0.2) + 0.1
-    cands = [cand(True, [0.1], "x"), cand(False, [0.3], "y"), cand(True, [0.2], "x"), cand(False, [0.2], "y"),
-             cand(True, [0.3], "x"), cand(False, [0.1], "y")]
+    cands = [
+        cand(True, [0.1], "x"),
+        cand(False, [0.3], "y"),
+        cand(True, [0.2], "x"),
+        cand(False, [0.2], "y"),
+        cand(True, [0.3], "x"),
+        cand(False, [0.1], "y"),
+    ]
     assert subset_outcome("prm_weighted_vote", cands) == 0.5
     assert pick_probabilities("prm_weighted_vote", cands) == [Fraction(1, 6)] * 6
     assert vote_totals(get_strategy("prm_weighted_vote"), cands) == {"x": 0.6, "y": 0.6}

@@ -45,15 +45,24 @@ def data_url(data: bytes) -> str:
 
 
 def question(text: str, image: bytes) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
-                                         {"type": "text", "text": text}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": text}],
+        }
+    ]
 
 
 def start_server(tmp_path, *args, env=None):
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "vlmeval_prm.host.cli", "serve", "--port", "0", *args],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlmeval_prm.host.cli", "serve", "--port", "0", *args],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.search(r"listening on (http://\S+:\d+)", (tmp_path / "server.log").read_text())
@@ -90,17 +99,33 @@ def stop(proc) -> int:
 def server(tmp_path_factory, tiny_paths):
     """The demo server with an API key from the environment; the first requests hit it while it loads."""
     tmp = tmp_path_factory.mktemp("serve")
-    proc, url = start_server(tmp, "--demo", "--store-dir", str(tmp / "store"),
-                             env={"VLMEVAL_PRM_API_KEY": KEY, "LMUData": str(tmp / "LMUData")})
+    proc, url = start_server(
+        tmp,
+        "--demo",
+        "--store-dir",
+        str(tmp / "store"),
+        env={"VLMEVAL_PRM_API_KEY": KEY, "LMUData": str(tmp / "LMUData")},
+    )
     auth = {"Authorization": f"Bearer {KEY}"}
     # vlmeval alone takes seconds to import: these land while the model loads
-    loading = [httpx.get(f"{url}/health"),
-               httpx.post(f"{url}/v1/chat/completions", headers=auth,
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})]
+    loading = [
+        httpx.get(f"{url}/health"),
+        httpx.post(
+            f"{url}/v1/chat/completions",
+            headers=auth,
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        ),
+    ]
     try:
         wait_ready(proc, url, tmp / "server.log")
-        yield {"proc": proc, "url": url, "tmp": tmp, "auth": auth, "loading": loading,
-               "client": OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)}
+        yield {
+            "proc": proc,
+            "url": url,
+            "tmp": tmp,
+            "auth": auth,
+            "loading": loading,
+            "client": OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0),
+        }
     finally:
         stop(proc)
 
@@ -160,8 +185,14 @@ def test_concurrent_requests_all_succeed_and_are_stored(server):
     client = server["client"]
     texts = [f"Question {i}: what shape is shown?" for i in range(3)]
     with ThreadPoolExecutor(3) as pool:
-        resps = list(pool.map(lambda t: client.chat.completions.create(
-            model=MODEL, messages=question(t, png_bytes("green", "square"))), texts))
+        resps = list(
+            pool.map(
+                lambda t: client.chat.completions.create(
+                    model=MODEL, messages=question(t, png_bytes("green", "square"))
+                ),
+                texts,
+            )
+        )
     _, entries = store_entries(server)
     for text, resp in zip(texts, resps):
         (entry,) = [e for e in entries.values() if e.sample and text in e.sample.question]
@@ -169,25 +200,74 @@ def test_concurrent_requests_all_succeed_and_are_stored(server):
         assert resp.choices[0].message.content == entry.text(resp.model_extra["bon"]["selected"])
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"model": MODEL, "messages": []}, "messages"),
-    ({"model": MODEL}, "messages"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, "messages.0"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}]}, "image_url"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"no image").decode()}}
-    ]}]}, "image_url"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}, "image_url"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}, "image_url"),
-    ({"model": MODEL, "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]},
-     "messages"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 3}, "n"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "   "}]}, "messages"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, "messages.0"),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}],
+                    }
+                ],
+            },
+            "image_url",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"no image").decode()},
+                            }
+                        ],
+                    }
+                ],
+            },
+            "image_url",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+                    }
+                ],
+            },
+            "image_url",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}
+                ],
+            },
+            "image_url",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            },
+            "messages",
+        ),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 3}, "n"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "   "}]}, "messages"),
+    ],
+)
 def test_malformed_requests_get_400_with_an_openai_error_body(server, body, param):
     resp = httpx.post(f"{server['url']}/v1/chat/completions", headers=server["auth"], json=body)
     assert resp.status_code == 400, resp.text
@@ -197,8 +277,11 @@ def test_malformed_requests_get_400_with_an_openai_error_body(server, body, para
 
 
 def test_malformed_json_and_the_openai_client_get_400(server):
-    resp = httpx.post(f"{server['url']}/v1/chat/completions", content=b"{not json",
-                      headers={**server["auth"], "Content-Type": "application/json"})
+    resp = httpx.post(
+        f"{server['url']}/v1/chat/completions",
+        content=b"{not json",
+        headers={**server["auth"], "Content-Type": "application/json"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(BadRequestError) as exc:
         server["client"].chat.completions.create(model=MODEL, messages=[])
@@ -233,10 +316,14 @@ def test_unknown_model_name_stops_the_server_with_a_clear_error(tmp_path):
 
 def test_a_config_entry_is_served_under_its_name(tmp_path, tiny_paths):
     cfg = tmp_path / "bon.json"
-    cfg.write_text(json.dumps({"model": {"MyBoN": {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": 2,
-                                                   "prm": TINY_PRM_SPEC}}}))
-    proc, url = start_server(tmp_path, "--config", str(cfg), "--store-dir", str(tmp_path / "store"),
-                             env={"VLMEVAL_PRM_DEMO": "1"})  # the tiny policy's name exists only with it
+    cfg.write_text(
+        json.dumps(
+            {"model": {"MyBoN": {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": 2, "prm": TINY_PRM_SPEC}}}
+        )
+    )
+    proc, url = start_server(
+        tmp_path, "--config", str(cfg), "--store-dir", str(tmp_path / "store"), env={"VLMEVAL_PRM_DEMO": "1"}
+    )  # the tiny policy's name exists only with it
     try:
         wait_ready(proc, url, tmp_path / "server.log")
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -249,6 +336,7 @@ def test_a_config_entry_is_served_under_its_name(tmp_path, tiny_paths):
 
 
 # ------------------------------------------------------------------- request checks without a model
+
 
 def test_options_are_checked_before_loading(tmp_path):
     cfg = tmp_path / "cfg.json"

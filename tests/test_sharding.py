@@ -33,10 +33,22 @@ def test_ranks_share_one_store_without_loss(tmp_path, tiny_paths):
     work.mkdir()
     procs = []
     for rank in range(RANKS):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(RANKS), "LMUData": str(tmp_path / "LMUData"),
-               DEMO_ENV: "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(work), str(rank)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(RANKS),
+            "LMUData": str(tmp_path / "LMUData"),
+            DEMO_ENV: "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RANK_SCRIPT, str(work), str(rank)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     for p in procs:
         out, _ = p.communicate(timeout=600)
         assert p.returncode == 0, out[-3000:]

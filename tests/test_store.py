@@ -57,10 +57,22 @@ def test_torn_line_from_killed_writer_is_skipped_and_fenced(tmp_path):
 
 
 def test_every_line_is_versioned_and_round_trips(tmp_path):
-    records = [SampleRecord(key="a", dataset="D", question="q?", images=["/x.png"], n=2, policy="P"),
-               CandidateRecord(key="a", i=1, text="t", settings={"temperature": 0.7}, policy="P"),
-               ScoreRecord(key="a", i=1, prm="p", mode="outcome", response_score=0.25, steps=["t"],
-                           step_scores=[0.25], bounds=[None], meta={"identity": "p"}, retry=False)]
+    records = [
+        SampleRecord(key="a", dataset="D", question="q?", images=["/x.png"], n=2, policy="P"),
+        CandidateRecord(key="a", i=1, text="t", settings={"temperature": 0.7}, policy="P"),
+        ScoreRecord(
+            key="a",
+            i=1,
+            prm="p",
+            mode="outcome",
+            response_score=0.25,
+            steps=["t"],
+            step_scores=[0.25],
+            bounds=[None],
+            meta={"identity": "p"},
+            retry=False,
+        ),
+    ]
     path = str(tmp_path / "s.jsonl")
     for rec in records:
         CandidateStore(path).append(rec)
@@ -69,8 +81,21 @@ def test_every_line_is_versioned_and_round_trips(tmp_path):
     # the on-disk names are the documented ones (README, "What is stored"), in this order
     assert list(lines[0]) == ["kind", "v", "key", "dataset", "question", "images", "n", "policy"]
     assert list(lines[1]) == ["kind", "v", "key", "i", "text", "error", "settings", "policy"]
-    assert list(lines[2]) == ["kind", "v", "key", "i", "prm", "mode", "response_score", "steps", "step_scores",
-                              "error", "bounds", "meta", "retry"]
+    assert list(lines[2]) == [
+        "kind",
+        "v",
+        "key",
+        "i",
+        "prm",
+        "mode",
+        "response_score",
+        "steps",
+        "step_scores",
+        "error",
+        "bounds",
+        "meta",
+        "retry",
+    ]
     assert list(read_records(path)) == records
     assert [from_json(to_json(r)) for r in records] == records
 
@@ -78,10 +103,13 @@ def test_every_line_is_versioned_and_round_trips(tmp_path):
 def test_lines_of_the_previous_version_load():
     """Lines without ``v`` (version 0), as the previous release wrote them, and older score lines
     without ``mode``/``bounds``/``meta``/``retry``."""
-    old = [{"kind": "sample", "key": "a", "question": "q", "images": [], "n": 2},
-           {"kind": "candidate", "key": "a", "i": "0", "text": "t", "error": None, "settings": {}},
-           {"kind": "score", "key": "a", "i": 0, "prm": "p", "steps": ["t"], "step_scores": [0.5], "error": None},
-           {"kind": "note", "key": "a"}, {"kind": "score", "key": "a", "prm": "p"}]  # unknown kind; no "i"
+    old = [
+        {"kind": "sample", "key": "a", "question": "q", "images": [], "n": 2},
+        {"kind": "candidate", "key": "a", "i": "0", "text": "t", "error": None, "settings": {}},
+        {"kind": "score", "key": "a", "i": 0, "prm": "p", "steps": ["t"], "step_scores": [0.5], "error": None},
+        {"kind": "note", "key": "a"},
+        {"kind": "score", "key": "a", "prm": "p"},
+    ]  # unknown kind; no "i"
     recs = [r for r in map(from_json, old) if r is not None]
     assert [type(r) for r in recs] == [SampleRecord, CandidateRecord, ScoreRecord]
     assert recs[1].i == 0 and recs[2].mode == "step" and recs[2].retry is False and recs[2].meta == {}
@@ -115,14 +143,17 @@ def test_a_newer_schema_version_is_an_error_not_a_guess(tmp_path):
         Summary.from_json(json.dumps({"v": SCHEMA_VERSION + 1, "key": "a", "n": 2}))
 
 
-@pytest.mark.parametrize("kwargs,usable,reason", [
-    ({"steps": ["a", "b"], "step_scores": [0.2, 0.9]}, True, None),
-    ({"steps": [], "step_scores": None, "error": "candidate has no steps"}, False, "no_steps"),
-    ({"steps": ["a"], "step_scores": None, "error": "HTTP 400"}, False, "prm"),
-    ({"steps": ["a"], "step_scores": [0.3], "error": "late error"}, False, "prm"),
-    ({"steps": ["a", "b"], "step_scores": [math.nan, 0.9]}, False, "non_finite"),
-    ({"steps": ["a", "b"], "step_scores": [0.9, math.inf]}, False, "non_finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs,usable,reason",
+    [
+        ({"steps": ["a", "b"], "step_scores": [0.2, 0.9]}, True, None),
+        ({"steps": [], "step_scores": None, "error": "candidate has no steps"}, False, "no_steps"),
+        ({"steps": ["a"], "step_scores": None, "error": "HTTP 400"}, False, "prm"),
+        ({"steps": ["a"], "step_scores": [0.3], "error": "late error"}, False, "prm"),
+        ({"steps": ["a", "b"], "step_scores": [math.nan, 0.9]}, False, "non_finite"),
+        ({"steps": ["a", "b"], "step_scores": [0.9, math.inf]}, False, "non_finite"),
+    ],
+)
 def test_score_usable_is_one_property(kwargs, usable, reason):
     rec = ScoreRecord(key="a", i=0, prm="p", **kwargs)
     assert rec.usable is usable and rec.unscored_reason == reason
@@ -137,11 +168,12 @@ def test_a_nan_step_score_survives_the_store_and_reads_unscored(tmp_path):
 
 
 def test_summary_round_trips_and_reads_the_previous_format():
-    s = Summary(key="k", n=3, chosen=2, scores=[None, 0.5, 0.5], prm="p", failures={"prm": 1}, unscored=1,
-                tied=[1, 2])
+    s = Summary(key="k", n=3, chosen=2, scores=[None, 0.5, 0.5], prm="p", failures={"prm": 1}, unscored=1, tied=[1, 2])
     assert json.loads(s.to_json())["v"] == SCHEMA_VERSION and Summary.from_json(s.to_json()) == s
-    old = '{"key": "k", "n": 2, "chosen": 0, "scores": [0.5, null], "aggregate": "mean", "prm": "p", ' \
-          '"failures": {"generation": 0, "no_steps": 0, "prm": 1}, "duplicates": 0}'
+    old = (
+        '{"key": "k", "n": 2, "chosen": 0, "scores": [0.5, null], "aggregate": "mean", "prm": "p", '
+        '"failures": {"generation": 0, "no_steps": 0, "prm": 1}, "duplicates": 0}'
+    )
     got = Summary.from_json(old)
     assert (got.chosen, got.scores, got.failures["prm"], got.tied) == (0, [0.5, None], 1, [])
     assert Summary.from_json(None) is None and Summary.from_json("not json") is None

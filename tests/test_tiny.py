@@ -54,8 +54,10 @@ def image():
 
 
 def _load(path):
-    return (AutoProcessor.from_pretrained(path),
-            AutoModelForImageTextToText.from_pretrained(path, attn_implementation=tiny.ATTN_IMPLEMENTATION).eval())
+    return (
+        AutoProcessor.from_pretrained(path),
+        AutoModelForImageTextToText.from_pretrained(path, attn_implementation=tiny.ATTN_IMPLEMENTATION).eval(),
+    )
 
 
 def test_builds_are_identical_and_roles_differ(tmp_path, policy_dir, prm_dir):
@@ -127,7 +129,8 @@ def test_chat_template_and_label_tokens(prm_dir, image):
         "<|im_start|>user\n<IMG_CONTEXT>\nWhat is 3 + 4?\n\nStep 1: 3 + 4 = 7<|im_end|>\n"
         "<|im_start|>assistant\n+<|im_end|>\n"
         "<|im_start|>user\nThe answer is 7.<|im_end|>\n"
-        "<|im_start|>assistant\n+<|im_end|>\n")
+        "<|im_start|>assistant\n+<|im_end|>\n"
+    )
     prompt = processor.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
 
@@ -136,12 +139,13 @@ def test_chat_template_and_label_tokens(prm_dir, image):
     assert inputs["pixel_values"].shape == (1, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)
     start = ids.index(tok.convert_tokens_to_ids("<img>"))
     context = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
-    assert ids[start + 1:start + 2 + tiny.IMAGE_SEQ_LENGTH] == [context] * tiny.IMAGE_SEQ_LENGTH + [
-        tok.convert_tokens_to_ids("</img>")]
+    assert ids[start + 1 : start + 2 + tiny.IMAGE_SEQ_LENGTH] == [context] * tiny.IMAGE_SEQ_LENGTH + [
+        tok.convert_tokens_to_ids("</img>")
+    ]
 
     header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
     plus = tok.convert_tokens_to_ids("+")
-    after_header = [ids[i + len(header)] for i in range(len(ids) - len(header)) if ids[i:i + len(header)] == header]
+    after_header = [ids[i + len(header)] for i in range(len(ids) - len(header)) if ids[i : i + len(header)] == header]
     assert after_header == [plus, plus]
     assert tok.encode("+", add_special_tokens=False) == [plus]
     assert tok.encode("-", add_special_tokens=False) == [tok.convert_tokens_to_ids("-")]
@@ -157,8 +161,9 @@ def test_sampling_varies_and_greedy_repeats(policy_dir, image):
     n_prompt = inputs["input_ids"].shape[1]
     torch.manual_seed(0)
     with torch.inference_mode():
-        sampled = model.generate(**inputs, do_sample=True, temperature=0.7, top_p=0.95,
-                                 num_return_sequences=8, max_new_tokens=48)
+        sampled = model.generate(
+            **inputs, do_sample=True, temperature=0.7, top_p=0.95, num_return_sequences=8, max_new_tokens=48
+        )
         greedy = [model.generate(**inputs, do_sample=False, max_new_tokens=24) for _ in range(2)]
     texts = processor.tokenizer.batch_decode(sampled[:, n_prompt:], skip_special_tokens=True)
     assert len(set(texts)) == 8
@@ -169,16 +174,18 @@ def test_sampling_varies_and_greedy_repeats(policy_dir, image):
 def test_one_pass_logits_equal_prefix_logits(prm_dir, image):
     """What a one-pass PRM relies on: the logit at a position does not depend on later tokens."""
     processor, model = _load(prm_dir)
-    inputs = processor(text=[processor.apply_chat_template(CONVERSATION, tokenize=False)], images=[image],
-                       return_tensors="pt")
+    inputs = processor(
+        text=[processor.apply_chat_template(CONVERSATION, tokenize=False)], images=[image], return_tensors="pt"
+    )
     ids = inputs["input_ids"][0].tolist()
     plus = processor.tokenizer.convert_tokens_to_ids("+")
     cuts = [i for i, t in enumerate(ids) if t == plus][-2:] + [len(ids) - 3]
     with torch.inference_mode():
         full = model(**inputs).logits[0]
         for cut in cuts:
-            prefix = dict(inputs, input_ids=inputs["input_ids"][:, :cut],
-                          attention_mask=inputs["attention_mask"][:, :cut])
+            prefix = dict(
+                inputs, input_ids=inputs["input_ids"][:, :cut], attention_mask=inputs["attention_mask"][:, :cut]
+            )
             diff = (model(**prefix).logits[0] - full[:cut]).abs().max().item()
             assert diff < 1e-5, (cut, diff)
     pair = full[[c - 1 for c in cuts[:2]]][:, [plus, processor.tokenizer.convert_tokens_to_ids("-")]]
@@ -189,7 +196,8 @@ def test_one_pass_logits_equal_prefix_logits(prm_dir, image):
 def test_forward_is_fast_on_cpu(prm_dir, image):
     processor, model = _load(prm_dir)
     text = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "the area " * 100}]}], tokenize=False)
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "the area " * 100}]}], tokenize=False
+    )
     inputs = processor(text=[text], images=[image], return_tensors="pt")
     assert 200 <= inputs["input_ids"].shape[1] <= 260
     timings = []

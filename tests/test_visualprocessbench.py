@@ -20,7 +20,6 @@ from sklearn.metrics import f1_score
 from vlmeval.smp import dump, get_pred_file_path, load
 from vlmeval.smp.file import INFER_FAIL_MSG
 
-from vlmeval_prm.host import prm_judge
 from vlmeval_prm.datasets import visualprocessbench as vpb
 from vlmeval_prm.datasets.visualprocessbench import (
     FULL,
@@ -31,6 +30,7 @@ from vlmeval_prm.datasets.visualprocessbench import (
     find_release,
     release_to_frame,
 )
+from vlmeval_prm.host import prm_judge
 from vlmeval_prm.host.plugin import PRM_MODELS, SPEC_ENV
 from vlmeval_prm.host.prm_judge import PRMJudge
 from vlmeval_prm.prm import PRMScorer, StepScores, failed
@@ -77,6 +77,7 @@ def dataset(lmudata, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------- conversion
 
+
 def test_folder_release_becomes_a_vlmevalkit_tsv(dataset, lmudata):
     raw = load(str(lmudata / f"{FULL}.tsv"))
     assert list(raw.columns) == TSV_COLUMNS
@@ -85,7 +86,10 @@ def test_folder_release_becomes_a_vlmevalkit_tsv(dataset, lmudata):
         assert json.loads(row["steps"]) == sample["response"]["steps"]
         assert json.loads(row["labels"]) == sample["response"]["process_correctness"]
         assert (row["question"], row["data_source"], row["policy_model"]) == (
-            sample["question"], sample["data_source"], sample["policy_model"])
+            sample["question"],
+            sample["data_source"],
+            sample["policy_model"],
+        )
     # Images are the release's bytes; a two-image sample keeps both, in order.
     assert base64.b64decode(dataset.data.iloc[0]["image"]) == (FIXTURE / SAMPLES[0]["image"][0]).read_bytes()
     two = dataset.data.iloc[1]["image"]
@@ -94,8 +98,9 @@ def test_folder_release_becomes_a_vlmevalkit_tsv(dataset, lmudata):
     dumped = dataset.dump_image(dataset.data.iloc[1])
     for path, rel in zip(dumped, SAMPLES[1]["image"]):
         assert Path(path).is_relative_to(lmudata / "images" / FULL)
-        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")),
-                              np.asarray(Image.open(FIXTURE / rel).convert("RGB")))
+        assert np.array_equal(
+            np.asarray(Image.open(path).convert("RGB")), np.asarray(Image.open(FIXTURE / rel).convert("RGB"))
+        )
 
 
 def test_default_location_is_the_lmudata_folder(lmudata):
@@ -172,10 +177,10 @@ def test_missing_release_says_where_to_put_it(lmudata, monkeypatch):
 def test_invalid_samples_are_reported_by_line(lmudata, tmp_path, monkeypatch):
     folder = copy_release(tmp_path / "release")
     rows = [json.loads(json.dumps(s)) for s in SAMPLES]
-    rows[1]["response"]["process_correctness"] = [1, 0, -1]   # 4 steps, 3 labels
-    rows[3]["response"]["process_correctness"] = [-1, 2]      # unknown label
+    rows[1]["response"]["process_correctness"] = [1, 0, -1]  # 4 steps, 3 labels
+    rows[3]["response"]["process_correctness"] = [-1, 2]  # unknown label
     rows[3]["id"] = "q4"
-    rows[5]["image"] = ["images/nope.png"]                    # missing image
+    rows[5]["image"] = ["images/nope.png"]  # missing image
     write_jsonl(folder / "test.jsonl", rows)
     monkeypatch.setenv(vpb.ROOT_ENV, str(folder))
     with pytest.raises(ReleaseError) as err:
@@ -200,6 +205,7 @@ def test_steps_labels_length_mismatch_alone_is_an_error(lmudata, tmp_path, monke
 
 # ------------------------------------------------------------------------------------ critic mode
 
+
 def test_critic_prompt_has_images_and_numbered_steps(dataset):
     msgs = dataset.build_prompt(1)
     assert [m["type"] for m in msgs] == ["image", "image", "text"]
@@ -221,10 +227,10 @@ def eval_file_with(dataset, work: Path, model: str, predictions: list[str]) -> s
 def test_evaluate_critic_replies(dataset, tmp_path):
     gold = [s["response"]["process_correctness"] for s in SAMPLES]
     verdicts = [[1 if g >= 0 else -1 for g in labels] for labels in gold]  # a perfect critic
-    verdicts[0][2] = 1                                                       # ... with one miss
+    verdicts[0][2] = 1  # ... with one miss
     replies = ["\n".join(f"**Step {i}:** {'+' if v == 1 else '-'}" for i, v in enumerate(vs, 1)) for vs in verdicts]
-    replies[3] = "Step 1: -"                         # partial reply: unparseable
-    replies[5] = f"{INFER_FAIL_MSG}: timeout"        # inference failure
+    replies[3] = "Step 1: -"  # partial reply: unparseable
+    replies[5] = f"{INFER_FAIL_MSG}: timeout"  # inference failure
     eval_file = eval_file_with(dataset, tmp_path / "Critic", "Critic", replies)  # run.py's layout
     result = dataset.evaluate(eval_file).set_index("data_source")
 
@@ -246,6 +252,7 @@ def test_evaluate_critic_replies(dataset, tmp_path):
 
 
 # -------------------------------------------------------------------------------------- PRM judge
+
 
 class FakePRM(PRMScorer):
     """Stands in for a real PRM (weights/GPU unavailable here): fixed P(+) from the step text,
@@ -288,8 +295,12 @@ def test_prm_judge_through_vlmevalkit_inference_and_evaluate(dataset, tmp_path):
     assert result.loc["Overall", "threshold"] == 0.5  # detected as PRM scores
     assert result.loc["Overall", "failed"] == 1 and result.loc["DynaMath", "failed"] == 1
     kept = [s for s in SAMPLES if "slope" not in s["question"]]
-    pairs = [(g, fake_score(st)) for s in kept
-             for g, st in zip(s["response"]["process_correctness"], s["response"]["steps"]) if g != 0]
+    pairs = [
+        (g, fake_score(st))
+        for s in kept
+        for g, st in zip(s["response"]["process_correctness"], s["response"]["steps"])
+        if g != 0
+    ]
     gold = [g for g, _ in pairs]
     scores = np.array([x for _, x in pairs])
     assert result.loc["Overall", "F1"] == pytest.approx(sk_macro(gold, np.where(scores > 0.5, 1, -1)))
@@ -313,8 +324,9 @@ class BrokenPRM(PRMScorer):
         return [failed(steps, "PRM forward failed: OOM")]
 
 
-@pytest.mark.parametrize("behaviour, reason", [
-    ("raise", "ConnectionError: server down"), ("short", "1 scores for 3 steps"), ("fail", "OOM")])
+@pytest.mark.parametrize(
+    "behaviour, reason", [("raise", "ConnectionError: server down"), ("short", "1 scores for 3 steps"), ("fail", "OOM")]
+)
 def test_prm_judge_records_failures_instead_of_scores(dataset, behaviour, reason):
     judge = PRMJudge(prm=BrokenPRM(behaviour))
     judge.set_dump_image(dataset.dump_image)

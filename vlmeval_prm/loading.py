@@ -32,8 +32,11 @@ def uses_remote_code(config: dict) -> bool:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     auto_map = config.get("auto_map") or {}
-    return bool(auto_map) and ("AutoModel" in auto_map or "AutoModelForCausalLM" in auto_map) \
+    return (
+        bool(auto_map)
+        and ("AutoModel" in auto_map or "AutoModelForCausalLM" in auto_map)
         and config.get("model_type") not in CONFIG_MAPPING
+    )
 
 
 def _device_dtype(device: str | None, dtype: str | None):
@@ -43,8 +46,13 @@ def _device_dtype(device: str | None, dtype: str | None):
     return device, getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
 
 
-def load_model_and_processor(path: str, device: str | None = None, dtype: str | None = None,
-                             trust_remote_code: bool = False, attn_implementation: str | None = None):
+def load_model_and_processor(
+    path: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
     """(model, processor) in eval mode. float32 on CPU, bfloat16 on GPU unless ``dtype`` says otherwise."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -52,8 +60,8 @@ def load_model_and_processor(path: str, device: str | None = None, dtype: str | 
     device, torch_dtype = _device_dtype(device, dtype)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-        attn_implementation=attn_implementation)
+        path, dtype=torch_dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+    )
     return model.to(device).eval(), processor
 
 

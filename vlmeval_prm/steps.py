@@ -26,4 +26,4 @@ def split_steps(response: str | None, max_steps: int = MAX_STEPS) -> list[str]:
     if len(pieces) <= max_steps:
         return pieces
     group = math.ceil(len(pieces) / max_steps)
-    return [STEP_SEPARATOR.join(pieces[i:i + group]) for i in range(0, len(pieces), group)]
+    return [STEP_SEPARATOR.join(pieces[i : i + group]) for i in range(0, len(pieces), group)]

@@ -74,9 +74,11 @@ SUPPRESS_LOGIT, BLANK_LINE_LOGIT = -12.0, 2.0
 EOS_LOGIT = -2.0  # most samples run to max_new_tokens; an early stop stays possible
 _PLAIN_CHARS = " \n.,:=+-*/()?"
 
-_WORDS = ("the answer is so we get step first next then finally area angle triangle circle radius "
-          "length side value total image shows question number sum of and a to find equals therefore "
-          "correct option because each line point graph x y").split()
+_WORDS = (
+    "the answer is so we get step first next then finally area angle triangle circle radius "
+    "length side value total image shows question number sum of and a to find equals therefore "
+    "correct option because each line point graph x y"
+).split()
 
 
 def tiny_model_path(role: str = "policy", cache_dir: str | None = None) -> str:
@@ -115,8 +117,10 @@ def _corpus() -> list[str]:
         a, b = rng.randint(0, 99), rng.randint(0, 99)
         op, val = rng.choice([("+", a + b), ("-", a - b), ("*", a * b)])
         words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 9)))
-        texts.append(f"Step {rng.randint(1, 9)}: {words.capitalize()}.\n\n{a} {op} {b} = {val}\n\n"
-                     f"The answer is {rng.choice('ABCD')}")
+        texts.append(
+            f"Step {rng.randint(1, 9)}: {words.capitalize()}.\n\n{a} {op} {b} = {val}\n\n"
+            f"The answer is {rng.choice('ABCD')}"
+        )
     return texts
 
 
@@ -129,20 +133,33 @@ def _build_tokenizer(corpus: list[str] | None = None, vocab_size: int = BPE_VOCA
     # Same normalizer and pre-tokenizer as Qwen2Tokenizer, which rebuilds the pipeline on load.
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     bpe.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     vocab = bpe.get_vocab()
     merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     vocab.update({tok: len(vocab) + i for i, tok in enumerate(SPECIAL_TOKENS)})
     tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, eos_token=IM_END, pad_token=ENDOFTEXT,
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
         model_max_length=MAX_LENGTH,
-        extra_special_tokens={"start_image_token": IMG_START, "end_image_token": IMG_END,
-                              "context_image_token": IMG_CONTEXT, "video_token": VIDEO})
+        extra_special_tokens={
+            "start_image_token": IMG_START,
+            "end_image_token": IMG_END,
+            "context_image_token": IMG_CONTEXT,
+            "video_token": VIDEO,
+        },
+    )
     tokenizer.add_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
     if "\u010a\u010a" not in vocab:  # "\n\n" in byte-level notation; steps are split on it
         raise RuntimeError("tiny tokenizer lacks a blank-line token; adjust the corpus")
@@ -155,22 +172,44 @@ def _build_processor(tokenizer):
     size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     return InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False, max_patches=1),
-        video_processor=InternVLVideoProcessor(size=size), tokenizer=tokenizer,
-        image_seq_length=IMAGE_SEQ_LENGTH, chat_template=CHAT_TEMPLATE)
+        video_processor=InternVLVideoProcessor(size=size),
+        tokenizer=tokenizer,
+        image_seq_length=IMAGE_SEQ_LENGTH,
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def _config(tokenizer):
     from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
     text = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_LENGTH,
-        tie_word_embeddings=False, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
-    vision = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    return InternVLConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.context_image_token_id,
-                          image_seq_length=IMAGE_SEQ_LENGTH, tie_word_embeddings=False)
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_LENGTH,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = InternVLVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+    return InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=IMAGE_SEQ_LENGTH,
+        tie_word_embeddings=False,
+    )
 
 
 def _token_bias(tokenizer) -> list[float]:
@@ -202,7 +241,7 @@ def _fill_weights(model, seed: int, token_bias: list[float]) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen))
             else:  # fan-in scaling keeps every layer's contribution at the scale of its input
                 fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=gen) / fan_in ** 0.5)
+                param.copy_(torch.randn(param.shape, generator=gen) / fan_in**0.5)
         text = model.model.language_model
         text.embed_tokens.weight[:, BIAS_DIM] = BIAS_VALUE
         model.model.multi_modal_projector.linear_2.weight[BIAS_DIM] = 0.0

@@ -68,22 +68,45 @@ def pin_offline_checksums(names: list[str]) -> None:
 def mathvista_rows() -> list[dict]:
     """MathVista_MINI's columns as VLMEvalKit's MathVista helpers read them (question_type,
     answer_type, precision, choices, answer_option, task, skills)."""
+
     def row(i, question, answer, qtype="free_form", atype="integer", precision=None, choices=None, option=None):
-        return {"index": i, "question": f"[Q{i}] {question}", "answer": answer, "question_type": qtype,
-                "answer_type": atype, "precision": precision, "choices": repr(choices) if choices else None,
-                "answer_option": option, "task": "math word problem" if i % 2 else "figure question answering",
-                "skills": repr(["arithmetic reasoning"] if i % 2 else ["algebraic reasoning", "statistical reasoning"]),
-                "unit": None}
+        return {
+            "index": i,
+            "question": f"[Q{i}] {question}",
+            "answer": answer,
+            "question_type": qtype,
+            "answer_type": atype,
+            "precision": precision,
+            "choices": repr(choices) if choices else None,
+            "answer_option": option,
+            "task": "math word problem" if i % 2 else "figure question answering",
+            "skills": repr(["arithmetic reasoning"] if i % 2 else ["algebraic reasoning", "statistical reasoning"]),
+            "unit": None,
+        }
 
     return [
         row(1, "How many red circles are there?", "14"),
         row(2, "What is the length of the side AB? (Unit: cm)", "2.5", atype="float", precision=1.0),
-        row(3, "What fraction of the shape is blue?", "8/11", qtype="multi_choice", atype="text",
-            choices=["3/11", "8/11", "6/11", "3/5"], option="B"),
+        row(
+            3,
+            "What fraction of the shape is blue?",
+            "8/11",
+            qtype="multi_choice",
+            atype="text",
+            choices=["3/11", "8/11", "6/11", "3/5"],
+            option="B",
+        ),
         row(4, "What is the value of y at x = 2?", "0.75", atype="float", precision=2.0),
         row(5, "How many sides does the polygon have?", "6"),
-        row(6, "Which angle is the largest?", "C", qtype="multi_choice", atype="text",
-            choices=["A", "B", "C", "D"], option="C"),
+        row(
+            6,
+            "Which angle is the largest?",
+            "C",
+            qtype="multi_choice",
+            atype="text",
+            choices=["A", "B", "C", "D"],
+            option="C",
+        ),
     ]
 
 
@@ -91,63 +114,118 @@ def dynamath_rows() -> list[dict]:
     """DynaMath's columns: 3 seed questions x 3 variants. ``Dynamath.evaluate`` keys its worst case by
     the index of each seed's ``varid == 1`` row, so those rows have index == qid."""
     rows, index = [], {1: 1, 2: 2, 3: 3}
-    kinds = {1: ("float", ["1.5", "2.0", "3.25"]), 2: ("multiple choice", ["A", "C", "B"]),
-             3: ("free form", ["y = 2x", "y = 3x", "y = x"])}
+    kinds = {
+        1: ("float", ["1.5", "2.0", "3.25"]),
+        2: ("multiple choice", ["A", "C", "B"]),
+        3: ("free form", ["y = 2x", "y = 3x", "y = x"]),
+    }
     nxt = 4
     for qid, (kind, answers) in kinds.items():
         for varid, answer in enumerate(answers, start=1):
             i = index[qid] if varid == 1 else nxt
             nxt += varid != 1
-            rows.append({"index": i, "question": f"[D{i}] Seed {qid}, variant {varid}: what is shown?",
-                         "answer": answer, "answer_type": kind, "qid": qid, "varid": varid,
-                         "subject": "algebra" if qid != 2 else "geometry", "knowledge_level": "high school"})
+            rows.append(
+                {
+                    "index": i,
+                    "question": f"[D{i}] Seed {qid}, variant {varid}: what is shown?",
+                    "answer": answer,
+                    "answer_type": kind,
+                    "qid": qid,
+                    "varid": varid,
+                    "subject": "algebra" if qid != 2 else "geometry",
+                    "knowledge_level": "high school",
+                }
+            )
     return sorted(rows, key=lambda r: r["index"])
 
 
 def mathvision_rows() -> list[dict]:
     """MathVision's columns: ``choices`` (a list literal, "[]" for free-form), ``answer``, ``category``."""
-    def row(i, question, answer, choices, category):
-        return {"index": i, "question": f"[V{i}] {question}", "answer": answer, "choices": repr(choices),
-                "category": category, "level": 2}
 
-    return [row(1, "Find x.", "12", [], "algebra"), row(2, "Which shape has four sides?", "B",
-                                                           ["circle", "square", "triangle"], "geometry"),
-            row(3, "What fraction is shaded?", "1/2", [], "arithmetic"), row(4, "Find y.", "7", [], "algebra")]
+    def row(i, question, answer, choices, category):
+        return {
+            "index": i,
+            "question": f"[V{i}] {question}",
+            "answer": answer,
+            "choices": repr(choices),
+            "category": category,
+            "level": 2,
+        }
+
+    return [
+        row(1, "Find x.", "12", [], "algebra"),
+        row(2, "Which shape has four sides?", "B", ["circle", "square", "triangle"], "geometry"),
+        row(3, "What fraction is shaded?", "1/2", [], "arithmetic"),
+        row(4, "Find y.", "7", [], "algebra"),
+    ]
 
 
 def mathverse_rows() -> list[dict]:
     """MathVerse_MINI_Vision_Only's columns: ``question_for_eval``, ``question_type``, ``problem_version``
     and the ``metadata`` dict literal that ``MathVerse_acc`` splits into subject and subfield."""
+
     def row(i, answer, qtype, subject):
         meta = {"split": "testmini", "source": "GeoQA", "subject": subject, "subfield": "Length"}
-        question = f"[M{i}] According to the figure, find the value." + ("\nChoices:\nA:2\nB:4\nC:6\nD:8"
-                                                                         if qtype == "multi-choice" else "")
-        return {"index": i, "question": question, "question_for_eval": question, "answer": answer,
-                "question_type": qtype, "problem_version": "Vision Only", "metadata": repr(meta),
-                "query_cot": question}
+        question = f"[M{i}] According to the figure, find the value." + (
+            "\nChoices:\nA:2\nB:4\nC:6\nD:8" if qtype == "multi-choice" else ""
+        )
+        return {
+            "index": i,
+            "question": question,
+            "question_for_eval": question,
+            "answer": answer,
+            "question_type": qtype,
+            "problem_version": "Vision Only",
+            "metadata": repr(meta),
+            "query_cot": question,
+        }
 
-    return [row(1, "C", "multi-choice", "Plane Geometry"), row(2, "5", "free-form", "Functions"),
-            row(3, "A", "multi-choice", "Plane Geometry"), row(4, "2.5", "free-form", "Solid Geometry")]
+    return [
+        row(1, "C", "multi-choice", "Plane Geometry"),
+        row(2, "5", "free-form", "Functions"),
+        row(3, "A", "multi-choice", "Plane Geometry"),
+        row(4, "2.5", "free-form", "Solid Geometry"),
+    ]
 
 
 def logicvista_rows() -> list[dict]:
     """LogicVista's columns: letter answers (several: "A, C") and the ``skill`` list it groups by."""
     skills = ["inductive", "deductive", "numerical", "spatial", "mechanical"]
     answers = ["A", "C", "B, D", "E", "B"]
-    return [{"index": i + 1, "question": f"[L{i + 1}] Which option comes next? Select from A-E.", "answer": a,
-             "skill": f"{s}, {skills[(i + 1) % 5]}", "capability": "patterns"}
-            for i, (s, a) in enumerate(zip(skills, answers))]
+    return [
+        {
+            "index": i + 1,
+            "question": f"[L{i + 1}] Which option comes next? Select from A-E.",
+            "answer": a,
+            "skill": f"{s}, {skills[(i + 1) % 5]}",
+            "capability": "patterns",
+        }
+        for i, (s, a) in enumerate(zip(skills, answers))
+    ]
 
 
 def mmmu_rows() -> list[dict]:
     """MMMU_DEV_VAL's columns: options A-D (none for an open question), ``split``, ``category``."""
+
     def row(i, answer, split, options=("12 cm", "15 cm", "18 cm", "20 cm")):
         opts = dict(zip("ABCD", options)) if options else {c: None for c in "ABCD"}
-        return {"index": i, "question": f"[U{i}] What is the length of the segment?", **opts, "answer": answer,
-                "split": split, "category": "Math", "l2-category": "Geometry"}
+        return {
+            "index": i,
+            "question": f"[U{i}] What is the length of the segment?",
+            **opts,
+            "answer": answer,
+            "split": split,
+            "category": "Math",
+            "l2-category": "Geometry",
+        }
 
-    return [row(1, "B", "validation"), row(2, "D", "validation"), row(3, "A", "dev"),
-            row(4, "16", "validation", options=None), row(5, "C", "validation")]
+    return [
+        row(1, "B", "validation"),
+        row(2, "D", "validation"),
+        row(3, "A", "dev"),
+        row(4, "16", "validation", options=None),
+        row(5, "C", "validation"),
+    ]
 
 
 def wemath_rows() -> list[dict]:
@@ -157,11 +235,21 @@ def wemath_rows() -> list[dict]:
     for pid, steps_n in ((1, 2), (2, 3), (3, 2)):
         for part in [*map(str, range(1, steps_n + 1)), "multi"]:
             i += 1
-            rows.append({"index": i, "ID": pid, "key": f"{steps_n}steps_{part}",
-                         "question": f"[W{i}] Problem {pid}, part {part}: choose the right value.",
-                         "A": "2", "B": "4", "C": "6", "D": "8", "E": "No correct answer",
-                         "answer": "ABCD"[i % 4], "knowledge concept": "Area of Circles" if pid != 2
-                         else "Perimeter of Squares"})
+            rows.append(
+                {
+                    "index": i,
+                    "ID": pid,
+                    "key": f"{steps_n}steps_{part}",
+                    "question": f"[W{i}] Problem {pid}, part {part}: choose the right value.",
+                    "A": "2",
+                    "B": "4",
+                    "C": "6",
+                    "D": "8",
+                    "E": "No correct answer",
+                    "answer": "ABCD"[i % 4],
+                    "knowledge concept": "Area of Circles" if pid != 2 else "Perimeter of Squares",
+                }
+            )
     return rows
 
 
@@ -169,13 +257,22 @@ def circular_rows() -> list[dict]:
     """MMBench-style circular rows: each question with its options rotated (index + 1e6 per turn),
     the answer letter moving with its option."""
     rows = []
-    for g, (options, right) in enumerate([(["cat", "dog", "bird"], 1), (["red", "green", "blue"], 0),
-                                          (["one", "two", "three"], 2)], start=1):
+    for g, (options, right) in enumerate(
+        [(["cat", "dog", "bird"], 1), (["red", "green", "blue"], 0), (["one", "two", "three"], 2)], start=1
+    ):
         for turn in range(3):
             rotated = options[turn:] + options[:turn]
-            rows.append({"index": g + turn * 1_000_000, "question": f"[C{g}] Which one is shown?",
-                         **dict(zip("ABC", rotated)), "answer": "ABC"[rotated.index(options[right])],
-                         "category": "coarse_perception", "l2-category": "Perception", "split": "dev"})
+            rows.append(
+                {
+                    "index": g + turn * 1_000_000,
+                    "question": f"[C{g}] Which one is shown?",
+                    **dict(zip("ABC", rotated)),
+                    "answer": "ABC"[rotated.index(options[right])],
+                    "category": "coarse_perception",
+                    "l2-category": "Perception",
+                    "split": "dev",
+                }
+            )
     return rows
 
 
@@ -188,7 +285,7 @@ def _final_answer(response: str) -> str | None:
 
 
 def _after_last(prompt: str, start: str, end: str) -> str:
-    body = prompt[prompt.rfind(start) + len(start):]
+    body = prompt[prompt.rfind(start) + len(start) :]
     cut = body.rfind(end)
     return body[:cut] if cut >= 0 else body
 
@@ -237,7 +334,7 @@ class ScriptedPolicy(ChatStandin):
             return 400, {"error": {"message": f"no question tag in {prompt[:200]!r}"}}
         texts = self.scripts[tag.group(1)]
         n = int(payload.get("n") or 1)
-        return 200, self.body(request, payload, texts if n == len(texts) else texts[:1] if n == 1 else texts[1:1 + n])
+        return 200, self.body(request, payload, texts if n == len(texts) else texts[:1] if n == 1 else texts[1 : 1 + n])
 
 
 @contextlib.contextmanager
@@ -252,8 +349,12 @@ def serve_policy(scripts: dict[str, list[str]], model: str = "standin-policy") -
 #: Four candidates per MathVista stand-in question: answers the rules settle (the bare answer, an
 #: option), answers only the judge can read, wrong ones, and repeats (judged once).
 MATHVISTA_CANDIDATES = {
-    1: ["14", "Count the circles in each row.\n\nThe answer is 14.", "The answer is 15.",
-        "Count the circles in each row.\n\nThe answer is 14."],
+    1: [
+        "14",
+        "Count the circles in each row.\n\nThe answer is 14.",
+        "The answer is 15.",
+        "Count the circles in each row.\n\nThe answer is 14.",
+    ],
     2: ["Measure AB with the scale.\n\nThe answer is 2.5", "So the answer is 2.50.", "The answer is 3.1", "2.5"],
     3: ["The answer is (B) 8/11", "The answer is (A).", "I think 8/11", "The answer is C"],
     4: ["The answer is 0.75", "The answer is 0.7", "The answer is 3/4", "The answer is 0.75"],
@@ -264,7 +365,7 @@ MATHVISTA_CANDIDATES = {
 
 def _rotated(texts: list[str], by: int) -> list[str]:
     """Each question's candidates in a different order, so the first one is not always right."""
-    return texts[by % len(texts):] + texts[:by % len(texts)]
+    return texts[by % len(texts) :] + texts[: by % len(texts)]
 
 
 def mathvista_scripts() -> dict[str, list[str]]:
@@ -278,9 +379,15 @@ def dynamath_scripts(rows: list[dict]) -> dict[str, list[str]]:
     for row in rows:
         i, answer = int(row["index"]), str(row["answer"])
         wrong = {"float": "9.75", "multiple choice": "D", "free form": "y = 7x"}[row["answer_type"]]
-        out[f"D{i}"] = _rotated([json_answer(answer), steps("Work it out.", f"The answer is {answer}"),
-                                 json_answer(wrong) if i % 2 else steps("Hmm.", f"The answer is {wrong}"),
-                                 json_answer(answer) if i != 5 else json_answer(wrong)], i // 2)
+        out[f"D{i}"] = _rotated(
+            [
+                json_answer(answer),
+                steps("Work it out.", f"The answer is {answer}"),
+                json_answer(wrong) if i % 2 else steps("Hmm.", f"The answer is {wrong}"),
+                json_answer(answer) if i != 5 else json_answer(wrong),
+            ],
+            i // 2,
+        )
     return out
 
 

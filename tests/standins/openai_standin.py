@@ -60,10 +60,17 @@ class ChatStandin:
         raise NotImplementedError
 
     def body(self, request: int, payload: dict, texts: list[str]) -> dict:
-        choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
-                   for i, t in enumerate(texts)]
-        return {"id": f"chatcmpl-{request}", "object": "chat.completion", "model": payload.get("model", self.model),
-                "choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 20 * len(texts)}}
+        choices = [
+            {"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
+            for i, t in enumerate(texts)
+        ]
+        return {
+            "id": f"chatcmpl-{request}",
+            "object": "chat.completion",
+            "model": payload.get("model", self.model),
+            "choices": choices,
+            "usage": {"prompt_tokens": 10, "completion_tokens": 20 * len(texts)},
+        }
 
     def start(self) -> ChatStandin:
         standin = self
@@ -118,8 +125,10 @@ class SamplingStandin(ChatStandin):
 
     def reply(self, request: int, choice: int) -> str:
         letter = "ABCD"[(request + choice) % 4]
-        return (f"Step 1: Read the figure (request {request}, choice {choice}).\n\n"
-                f"Step 2: Compare the options; {letter} fits best.\n\nAnswer: {letter}")
+        return (
+            f"Step 1: Read the figure (request {request}, choice {choice}).\n\n"
+            f"Step 2: Compare the options; {letter} fits best.\n\nAnswer: {letter}"
+        )
 
     def answer(self, payload, auth):
         request = self.record(payload, auth)

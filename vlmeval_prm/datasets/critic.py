@@ -25,13 +25,33 @@ CORRECT, INCORRECT = 1, -1
 
 # Longest words first so "incorrect" is not read as "correct" and "not correct" not as "not".
 _WORDS = {
-    "no errors": CORRECT, "no error": CORRECT, "no mistakes": CORRECT, "no mistake": CORRECT,
-    "not correct": INCORRECT, "incorrect": INCORRECT, "wrong": INCORRECT, "false": INCORRECT,
-    "invalid": INCORRECT, "no": INCORRECT, "correct": CORRECT, "right": CORRECT, "true": CORRECT,
-    "valid": CORRECT, "yes": CORRECT,
+    "no errors": CORRECT,
+    "no error": CORRECT,
+    "no mistakes": CORRECT,
+    "no mistake": CORRECT,
+    "not correct": INCORRECT,
+    "incorrect": INCORRECT,
+    "wrong": INCORRECT,
+    "false": INCORRECT,
+    "invalid": INCORRECT,
+    "no": INCORRECT,
+    "correct": CORRECT,
+    "right": CORRECT,
+    "true": CORRECT,
+    "valid": CORRECT,
+    "yes": CORRECT,
 }
-_SYMBOLS = {"+": CORRECT, "✓": CORRECT, "✔": CORRECT, "✅": CORRECT,
-            "-": INCORRECT, "−": INCORRECT, "✗": INCORRECT, "✘": INCORRECT, "❌": INCORRECT}
+_SYMBOLS = {
+    "+": CORRECT,
+    "✓": CORRECT,
+    "✔": CORRECT,
+    "✅": CORRECT,
+    "-": INCORRECT,
+    "−": INCORRECT,
+    "✗": INCORRECT,
+    "✘": INCORRECT,
+    "❌": INCORRECT,
+}
 _WORD = "|".join(re.escape(w) for w in sorted(_WORDS, key=len, reverse=True))
 _SYMBOL = "|".join(re.escape(s) for s in _SYMBOLS)
 # A verdict word must end at a word boundary; a symbol must not be the sign of a number ("-5", "-.5").
@@ -41,8 +61,9 @@ _STEP_LINE = re.compile(r"^(?:step\s*(?P<num>\d+)|(?P<item>\d+)[.):])\s*(?P<rest
 # Between the step number and the verdict: punctuation, brackets, "is", and a dash only when another
 # verdict follows it ("Step 2 - correct", "Step 1 - +"); otherwise the dash is the verdict
 # ("Step 2: - off by one").
-_SEPARATOR = re.compile(rf"^(?:[\s:：.,=()\[\]]|[-–—](?=\s*(?:(?:{_WORD})\b|(?:{_SYMBOL})(?!\w|\.\d)))|is\b)*",
-                        re.IGNORECASE)
+_SEPARATOR = re.compile(
+    rf"^(?:[\s:：.,=()\[\]]|[-–—](?=\s*(?:(?:{_WORD})\b|(?:{_SYMBOL})(?!\w|\.\d)))|is\b)*", re.IGNORECASE
+)
 # A verdict word that ends the line ("... the sum is wrong."), after trailing punctuation. Only words
 # that are verdicts in any sentence: a final "no", "true" or "right" may be part of the step itself.
 _END_WORDS = ("no errors", "no error", "no mistakes", "no mistake", "incorrect", "wrong", "invalid", "correct", "valid")

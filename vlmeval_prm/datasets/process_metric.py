@@ -53,8 +53,9 @@ def threshold_labels(scores: Sequence[float], threshold: float) -> np.ndarray:
     return np.where(np.asarray(scores, dtype=float) > threshold, CORRECT, INCORRECT)
 
 
-def best_threshold(gold: Sequence[int], scores: Sequence[float],
-                   grid: Sequence[float] = THRESHOLD_GRID) -> tuple[float, float]:
+def best_threshold(
+    gold: Sequence[int], scores: Sequence[float], grid: Sequence[float] = THRESHOLD_GRID
+) -> tuple[float, float]:
     """(threshold, macro F1) of the grid point with the highest macro F1; ties go to the lowest threshold."""
     g = np.asarray(gold)
     f1s = [macro_f1(g, threshold_labels(scores, t))[0] for t in grid]
@@ -96,8 +97,16 @@ def _row(name: str, samples: pd.DataFrame, steps: pd.DataFrame, kind: str, thres
     # Pessimistic: every step of a failed sample gets the opposite of its gold label.
     gold_failed = steps.loc[steps["failed"], "gold"].to_numpy(dtype=int)
     pessimistic = _percent(np.concatenate([gold, gold_failed]), np.concatenate([pred, -gold_failed]))[0]
-    row = {"data_source": name, "samples": len(samples), "failed": int(samples["pred"].map(lambda p: p is None).sum()),
-           "steps": len(ok), "F1": f1, "F1_correct": f_pos, "F1_incorrect": f_neg, "F1_pessimistic": pessimistic}
+    row = {
+        "data_source": name,
+        "samples": len(samples),
+        "failed": int(samples["pred"].map(lambda p: p is None).sum()),
+        "steps": len(ok),
+        "F1": f1,
+        "F1_correct": f_pos,
+        "F1_incorrect": f_neg,
+        "F1_pessimistic": pessimistic,
+    }
     if kind == "score":
         t_best, f_best = best_threshold(gold, ok["pred"].to_numpy()) if gold.size else (np.nan, np.nan)
         row.update(threshold=threshold, best_threshold=t_best, F1_best=100 * f_best)
@@ -115,7 +124,9 @@ def summarize(samples: pd.DataFrame, kind: str, threshold: float = DEFAULT_THRES
     if kind not in ("score", "label"):
         raise ValueError(f"kind must be 'score' or 'label', got {kind!r}")
     steps = explode_steps(samples)
-    rows = [_row(str(src), grp, steps[steps["data_source"] == src], kind, threshold)
-            for src, grp in samples.groupby("data_source", sort=True)]
+    rows = [
+        _row(str(src), grp, steps[steps["data_source"] == src], kind, threshold)
+        for src, grp in samples.groupby("data_source", sort=True)
+    ]
     rows.append(_row(OVERALL, samples, steps, kind, threshold))
     return pd.DataFrame(rows)

@@ -58,6 +58,7 @@ class ReleaseError(ValueError):
 
 # ----------------------------------------------------------------------------------- release reading
 
+
 class _Release:
     """``test.jsonl`` and image bytes from a release folder or zip, addressed by release-relative path."""
 
@@ -101,7 +102,7 @@ class _Release:
             with open(os.path.join(self._dir, rel), "rb") as f:
                 return f.read()
         for zf, names, prefix, mount in self._zip_sources:
-            member = prefix + rel[len(mount):]
+            member = prefix + rel[len(mount) :]
             if rel.startswith(mount) and member in names:
                 return zf.read(member)
         return None
@@ -139,8 +140,9 @@ def find_release() -> _Release:
             return _Release(env)
         if os.path.isfile(env) and env.lower().endswith(".zip"):
             return _Release(env)
-        raise ReleaseError(f"{ROOT_ENV}={env} is neither a folder containing {JSONL} nor a .zip file. "
-                           + _missing_release_message())
+        raise ReleaseError(
+            f"{ROOT_ENV}={env} is neither a folder containing {JSONL} nor a .zip file. " + _missing_release_message()
+        )
     folder = os.path.join(LMUDataRoot(), FULL)
     if os.path.isfile(os.path.join(folder, JSONL)):
         return _Release(folder)
@@ -148,12 +150,15 @@ def find_release() -> _Release:
     if len(zips) == 1:
         return _Release(os.path.join(folder, zips[0]))
     if len(zips) > 1:
-        raise ReleaseError(f"{folder} holds several zips {zips} and no {JSONL}; keep one release zip, or "
-                           f"unpack it there. " + _missing_release_message())
+        raise ReleaseError(
+            f"{folder} holds several zips {zips} and no {JSONL}; keep one release zip, or "
+            f"unpack it there. " + _missing_release_message()
+        )
     raise ReleaseError(_missing_release_message())
 
 
 # ------------------------------------------------------------------------------ release -> TSV rows
+
 
 def _label(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in LABELS:
@@ -209,10 +214,15 @@ def _convert_sample(release: _Release, obj) -> dict:
     if not isinstance(images, list) or not images:
         raise ValueError("no image (every VisualProcessBench sample has at least one)")
     encoded = [_image_b64(release, rel) for rel in images]
-    return {"image": encoded[0] if len(encoded) == 1 else json.dumps(encoded),
-            "question": question, "answer": "" if obj.get("answer") is None else str(obj["answer"]),
-            "steps": json.dumps(steps, ensure_ascii=False), "labels": json.dumps(labels),
-            "data_source": source, "policy_model": str(obj.get("policy_model") or "")}
+    return {
+        "image": encoded[0] if len(encoded) == 1 else json.dumps(encoded),
+        "question": question,
+        "answer": "" if obj.get("answer") is None else str(obj["answer"]),
+        "steps": json.dumps(steps, ensure_ascii=False),
+        "labels": json.dumps(labels),
+        "data_source": source,
+        "policy_model": str(obj.get("policy_model") or ""),
+    }
 
 
 def release_to_frame(release: _Release) -> pd.DataFrame:
@@ -249,7 +259,7 @@ def mini_subset(data: pd.DataFrame, per_source: int) -> pd.DataFrame:
 
 def _write_tsv(frame: pd.DataFrame, path: str) -> None:
     """Write then rename, so an interrupted conversion never leaves a TSV that looks finished."""
-    partial = path[:-len(".tsv")] + ".partial.tsv"
+    partial = path[: -len(".tsv")] + ".partial.tsv"
     dump(frame, partial)
     if not os.path.isfile(partial):  # vlmeval's dump falls back to .pkl on errors
         raise RuntimeError(f"could not write {partial}")
@@ -275,6 +285,7 @@ def ensure_tsv(name: str) -> str:
 
 # ------------------------------------------------------------------------------- prediction parsing
 
+
 def is_failure(prediction) -> bool:
     """Inference produced no usable text: VLMEvalKit's failure marker, or nothing at all."""
     if prediction is None or (isinstance(prediction, float) and math.isnan(prediction)):
@@ -297,7 +308,7 @@ def as_number_list(prediction) -> list[float] | None:
 
 
 def detect_kind(predictions: Iterable) -> str:
-    """"score" when every non-failed prediction is a JSON list of numbers, else "critic"."""
+    """ "score" when every non-failed prediction is a JSON list of numbers, else "critic"."""
     usable = [p for p in predictions if not is_failure(p)]
     return "score" if usable and all(as_number_list(p) is not None for p in usable) else "critic"
 
@@ -320,6 +331,7 @@ def parse_prediction(prediction, n_steps: int, kind: str) -> tuple[list | None, 
 
 
 # ------------------------------------------------------------------------------------------ dataset
+
 
 class VisualProcessBench(ImageBaseDataset):
     """Step-correctness benchmark. Columns: index, image, question, answer, steps and labels (JSON
@@ -368,15 +380,26 @@ class VisualProcessBench(ImageBaseDataset):
             raise ValueError(f"kind must be 'score' or 'critic', got {kind!r}")
         labels = [json.loads(gold.at[i, "labels"]) for i in data["index"]]
         parsed = [parse_prediction(p, len(lab), kind) for p, lab in zip(data["prediction"], labels)]
-        samples = pd.DataFrame({"data_source": [gold.at[i, "data_source"] for i in data["index"]],
-                                "labels": labels, "pred": [p for p, _ in parsed]}, index=list(data["index"]))
+        samples = pd.DataFrame(
+            {
+                "data_source": [gold.at[i, "data_source"] for i in data["index"]],
+                "labels": labels,
+                "pred": [p for p, _ in parsed],
+            },
+            index=list(data["index"]),
+        )
         summary = summarize(samples, "score" if kind == "score" else "label", threshold)
 
-        details = pd.DataFrame({
-            "index": list(data["index"]), "data_source": samples["data_source"].tolist(),
-            "labels": [json.dumps(x) for x in labels], "prediction": data["prediction"].tolist(),
-            "parsed": [json.dumps(p) if p is not None else "" for p, _ in parsed],
-            "result": [s for _, s in parsed]})
+        details = pd.DataFrame(
+            {
+                "index": list(data["index"]),
+                "data_source": samples["data_source"].tolist(),
+                "labels": [json.dumps(x) for x in labels],
+                "prediction": data["prediction"].tolist(),
+                "parsed": [json.dumps(p) if p is not None else "" for p, _ in parsed],
+                "result": [s for _, s in parsed],
+            }
+        )
         dump(details, get_intermediate_file_path(eval_file, f"_{kind}_result"))
         dump(summary, get_intermediate_file_path(eval_file, "_metrics"))
         _log_summary(self.dataset_name, kind, summary, details)
@@ -386,7 +409,15 @@ class VisualProcessBench(ImageBaseDataset):
 def _log_summary(name: str, kind: str, summary: pd.DataFrame, details: pd.DataFrame) -> None:
     failures = details.loc[details["result"] != "ok", "result"].value_counts()
     failed = ", ".join(f"{n} {why}" for why, n in failures.items()) or "none"
-    what = f"PRM scores, a step is correct when P(+) > {summary['threshold'].iloc[-1]:g}" if kind == "score" \
+    what = (
+        f"PRM scores, a step is correct when P(+) > {summary['threshold'].iloc[-1]:g}"
+        if kind == "score"
         else "critic replies"
-    log.info("%s (%s), macro F1 in %%; failed samples: %s (excluded from F1, counted wrong in F1_pessimistic)\n%s",
-             name, what, failed, summary.round(2).to_string(index=False))
+    )
+    log.info(
+        "%s (%s), macro F1 in %%; failed samples: %s (excluded from F1, counted wrong in F1_pessimistic)\n%s",
+        name,
+        what,
+        failed,
+        summary.round(2).to_string(index=False),
+    )

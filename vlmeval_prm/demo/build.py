@@ -51,8 +51,12 @@ def ensure_built(cache_dir: str | None = None, recipe: Recipe | None = None) -> 
 
 def _stats(labelled: list[Labelled]) -> dict:
     steps = [lab for x in labelled for lab in x.labels]
-    return {"solutions": len(labelled), "accuracy": round(sum(x.correct for x in labelled) / max(len(labelled), 1), 4),
-            "steps": len(steps), "minus_steps": sum(lab < 0 for lab in steps)}
+    return {
+        "solutions": len(labelled),
+        "accuracy": round(sum(x.correct for x in labelled) / max(len(labelled), 1), 4),
+        "steps": len(steps),
+        "minus_steps": sum(lab < 0 for lab in steps),
+    }
 
 
 def _build(out: Path, recipe: Recipe) -> None:
@@ -75,16 +79,37 @@ def _build(out: Path, recipe: Recipe) -> None:
         prm.model.save_pretrained(out / PRM_DIR)
         prm.inputs.processor.save_pretrained(out / PRM_DIR)
     with timer("heldout_labels"):
-        heldout = mc_label(model, processor, [make_problem("test", i) for i in range(recipe.heldout_problems)],
-                           recipe, recipe.seed + 4, tqdm)
+        heldout = mc_label(
+            model,
+            processor,
+            [make_problem("test", i) for i in range(recipe.heldout_problems)],
+            recipe,
+            recipe.seed + 4,
+            tqdm,
+        )
         with open(out / HELDOUT_LABELS, "w", encoding="utf-8") as f:
             for x in heldout:
-                f.write(json.dumps({"index": x.problem.index, "steps": x.steps, "labels": x.labels, "mc": x.mc,
-                                    "correct": x.correct}) + "\n")
-    info = {"recipe": recipe.to_dict(), "seconds": timer.times, "torch_threads": torch.get_num_threads(),
-            "policy_loss": [round(v, 4) for v in policy_losses[-10:]],
-            "prm_loss": [round(v, 4) for v in prm_losses[-10:]],
-            "train_labels": _stats(labelled), "heldout_labels": _stats(heldout)}
+                f.write(
+                    json.dumps(
+                        {
+                            "index": x.problem.index,
+                            "steps": x.steps,
+                            "labels": x.labels,
+                            "mc": x.mc,
+                            "correct": x.correct,
+                        }
+                    )
+                    + "\n"
+                )
+    info = {
+        "recipe": recipe.to_dict(),
+        "seconds": timer.times,
+        "torch_threads": torch.get_num_threads(),
+        "policy_loss": [round(v, 4) for v in policy_losses[-10:]],
+        "prm_loss": [round(v, 4) for v in prm_losses[-10:]],
+        "train_labels": _stats(labelled),
+        "heldout_labels": _stats(heldout),
+    }
     (out / BUILD_INFO).write_text(json.dumps(info, indent=1))
 
 

@@ -85,13 +85,16 @@ def make_problem(split: str, index: int) -> Problem:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = random.Random(f"vlmeval-prm-shapes:{split}:{index}")
     kind = rng.choice(("colour", "shape", "both"))
-    question = Question(colour=rng.choice(list(COLOURS)) if kind != "shape" else None,
-                        shape=rng.choice(SHAPES) if kind != "colour" else None)
+    question = Question(
+        colour=rng.choice(list(COLOURS)) if kind != "shape" else None,
+        shape=rng.choice(SHAPES) if kind != "colour" else None,
+    )
     count = rng.choices(range(len(OPTIONS)), weights=ANSWER_WEIGHTS)[0]
     hits = set(rng.sample(range(4), count))
     others = [None, *[i for i in ALL_ITEMS if not question.matches(i)]]
-    scene = tuple(rng.choice([i for i in ALL_ITEMS if question.matches(i)]) if k in hits else rng.choice(others)
-                  for k in range(4))
+    scene = tuple(
+        rng.choice([i for i in ALL_ITEMS if question.matches(i)]) if k in hits else rng.choice(others) for k in range(4)
+    )
     return Problem(split, index, scene, question)
 
 
@@ -137,8 +140,9 @@ def noisy_solution(problem: Problem, rng: random.Random, cell_error: float, coun
     """A demonstration that misreads each cell with probability ``cell_error`` and miscounts with
     probability ``count_error``; the later steps stay consistent with the mistake, as a solver's would.
     Training on these gives a policy that is right only part of the time, with a realistic error mix."""
-    stated = tuple(rng.choice([x for x in (None, *ALL_ITEMS) if x != c]) if rng.random() < cell_error else c
-                   for c in problem.scene)
+    stated = tuple(
+        rng.choice([x for x in (None, *ALL_ITEMS) if x != c]) if rng.random() < cell_error else c for c in problem.scene
+    )
     total = sum(problem.question.matches(c) for c in stated)
     if rng.random() < count_error:
         total = rng.choice([t for t in (total - 1, total + 1) if 0 <= t < len(OPTIONS)])
@@ -163,5 +167,7 @@ def mcq_prompt(problem: Problem) -> str:
     """The text VLMEvalKit's ``ImageMCQDataset.build_prompt`` makes of the problem's row (pinned by
     tests/test_demo_task.py against the real ``build_prompt``)."""
     opts = "".join(f"{k}. {v}\n" for k, v in options().items())
-    return (f"Question: {problem.question.text()}\nOptions:\n{opts}"
-            "Please select the correct answer from the options above. \n")
+    return (
+        f"Question: {problem.question.text()}\nOptions:\n{opts}"
+        "Please select the correct answer from the options above. \n"
+    )

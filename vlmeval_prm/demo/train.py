@@ -108,15 +108,33 @@ def build_untrained(recipe: Recipe):
     tokenizer = _build_tokenizer(tokenizer_corpus(recipe), recipe.vocab_size)
     processor = _build_processor(tokenizer)
     text = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=2 * recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads,
-        num_key_value_heads=recipe.num_kv_heads, max_position_embeddings=MAX_LENGTH, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=2 * recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        max_position_embeddings=MAX_LENGTH,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     vision = InternVLVisionConfig(
-        hidden_size=recipe.vision_hidden_size, intermediate_size=2 * recipe.vision_hidden_size, num_hidden_layers=1,
-        num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.context_image_token_id,
-                            image_seq_length=IMAGE_SEQ_LENGTH, tie_word_embeddings=False)
+        hidden_size=recipe.vision_hidden_size,
+        intermediate_size=2 * recipe.vision_hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+    config = InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=IMAGE_SEQ_LENGTH,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(recipe.seed)
     model = InternVLForConditionalGeneration(config).to(torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -127,8 +145,9 @@ def build_untrained(recipe: Recipe):
 class Encoded:
     """Prompt token ids (image expanded) and pixel values of problems, encoded once."""
 
-    def __init__(self, processor, problems: Sequence[Problem],
-                 messages: Callable[[Problem], list[dict]] = policy_messages):
+    def __init__(
+        self, processor, problems: Sequence[Problem], messages: Callable[[Problem], list[dict]] = policy_messages
+    ):
         import torch
 
         self.problems = list(problems)
@@ -161,7 +180,8 @@ def _optimizer(model, lr: float, steps: int):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(steps // 20, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(steps - warmup, 1))))
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(steps - warmup, 1)))
+    )
     return opt, sched
 
 
@@ -173,8 +193,18 @@ def _describe_messages(problem: Problem) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE_PROMPT}]}]
 
 
-def _sft(model, processor, data: Encoded, answer: Callable[[Problem], str], steps: int, lr: float,
-         recipe: Recipe, seed: int, progress: Callable, desc: str) -> list[float]:
+def _sft(
+    model,
+    processor,
+    data: Encoded,
+    answer: Callable[[Problem], str],
+    steps: int,
+    lr: float,
+    recipe: Recipe,
+    seed: int,
+    progress: Callable,
+    desc: str,
+) -> list[float]:
     """Teacher-forced cross-entropy on ``answer(problem)`` + end of turn after each encoded prompt."""
     import torch
 
@@ -197,8 +227,9 @@ def _sft(model, processor, data: Encoded, answer: Callable[[Problem], str], step
             learn[r, :s] = False
         before = torch.roll(learn, -1, dims=1)
         with torch.enable_grad():  # importing vlmeval.vlm switches gradients off process-wide
-            hidden = model.model(input_ids=ids, attention_mask=mask,
-                                 pixel_values=data.pixel_values[batch]).last_hidden_state
+            hidden = model.model(
+                input_ids=ids, attention_mask=mask, pixel_values=data.pixel_values[batch]
+            ).last_hidden_state
             logits = model.lm_head(hidden[before])  # the head only where a loss is taken
             loss = torch.nn.functional.cross_entropy(logits, ids[learn])
             opt.zero_grad()
@@ -217,34 +248,68 @@ def train_policy(model, processor, recipe: Recipe, progress: Callable = lambda i
     problems = [make_problem("train", i) for i in range(recipe.policy_problems)]
     rng = random.Random(recipe.seed + 1)
     if recipe.perception_steps:
-        grids = Encoded(processor, problems[:recipe.perception_problems], _describe_messages)
-        _sft(model, processor, grids, lambda p: STEP_SEPARATOR.join(solution(p).split(STEP_SEPARATOR)[:2]),
-             recipe.perception_steps, recipe.perception_lr, recipe, recipe.seed + 5, progress, "perception")
+        grids = Encoded(processor, problems[: recipe.perception_problems], _describe_messages)
+        _sft(
+            model,
+            processor,
+            grids,
+            lambda p: STEP_SEPARATOR.join(solution(p).split(STEP_SEPARATOR)[:2]),
+            recipe.perception_steps,
+            recipe.perception_lr,
+            recipe,
+            recipe.seed + 5,
+            progress,
+            "perception",
+        )
     data = Encoded(processor, problems)
-    return _sft(model, processor, data,
-                lambda p: noisy_solution(p, rng, recipe.cell_error, recipe.count_error),
-                recipe.policy_steps, recipe.policy_lr, recipe, recipe.seed + 1, progress, "policy")
+    return _sft(
+        model,
+        processor,
+        data,
+        lambda p: noisy_solution(p, rng, recipe.cell_error, recipe.count_error),
+        recipe.policy_steps,
+        recipe.policy_lr,
+        recipe,
+        recipe.seed + 1,
+        progress,
+        "policy",
+    )
 
 
-def sample(model, processor, data: Encoded, jobs: Sequence[tuple[int, str]], recipe: Recipe, seed: int,
-           progress: Callable = lambda it, **kw: it) -> list[str]:
+def sample(
+    model,
+    processor,
+    data: Encoded,
+    jobs: Sequence[tuple[int, str]],
+    recipe: Recipe,
+    seed: int,
+    progress: Callable = lambda it, **kw: it,
+) -> list[str]:
     """One sampled continuation per (problem position in ``data``, text already written) job."""
     import torch
 
     tok = processor.tokenizer
     out: list[str] = []
     for start in progress(range(0, len(jobs), recipe.gen_batch), desc="sampling"):
-        chunk = jobs[start:start + recipe.gen_batch]
-        rows = [data.prompt_ids[i] + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
-                for i, prefix in chunk]
+        chunk = jobs[start : start + recipe.gen_batch]
+        rows = [
+            data.prompt_ids[i] + (tok(prefix, add_special_tokens=False)["input_ids"] if prefix else [])
+            for i, prefix in chunk
+        ]
         ids, mask = _pad(rows, tok.pad_token_id, left=True)
         torch.manual_seed(seed + start)
         with torch.inference_mode():
-            gen = model.generate(input_ids=ids, attention_mask=mask,
-                                 pixel_values=data.pixel_values[[i for i, _ in chunk]], do_sample=True,
-                                 temperature=recipe.temperature, top_p=recipe.top_p, top_k=0,
-                                 max_new_tokens=recipe.max_new_tokens)
-        out += tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pixel_values=data.pixel_values[[i for i, _ in chunk]],
+                do_sample=True,
+                temperature=recipe.temperature,
+                top_p=recipe.top_p,
+                top_k=0,
+                max_new_tokens=recipe.max_new_tokens,
+            )
+        out += tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     return out
 
 
@@ -259,15 +324,21 @@ class Labelled:
     correct: bool
 
 
-def mc_label(model, processor, problems: Sequence[Problem], recipe: Recipe, seed: int,
-             progress: Callable = lambda it, **kw: it) -> list[Labelled]:
+def mc_label(
+    model, processor, problems: Sequence[Problem], recipe: Recipe, seed: int, progress: Callable = lambda it, **kw: it
+) -> list[Labelled]:
     """Sample solutions, then label every step by ``mc_rollouts`` continuations of its prefix."""
     data = Encoded(processor, problems)
     jobs = [(i, "") for i in range(len(problems)) for _ in range(recipe.mc_solutions)]
     texts = sample(model, processor, data, jobs, recipe, seed, progress)
     solutions = [(i, split_steps(t), t) for (i, _), t in zip(jobs, texts)]
-    prefixes = sorted({(i, STEP_SEPARATOR.join(steps[:k]) + STEP_SEPARATOR)
-                       for i, steps, _ in solutions for k in range(1, len(steps))})
+    prefixes = sorted(
+        {
+            (i, STEP_SEPARATOR.join(steps[:k]) + STEP_SEPARATOR)
+            for i, steps, _ in solutions
+            for k in range(1, len(steps))
+        }
+    )
     rollouts = [job for job in prefixes for _ in range(recipe.mc_rollouts)]
     conts = sample(model, processor, data, rollouts, recipe, seed + 10**6, progress)
     hits: dict[tuple[int, str], int] = {}
@@ -278,14 +349,15 @@ def mc_label(model, processor, problems: Sequence[Problem], recipe: Recipe, seed
         if not steps:
             continue
         correct = is_correct(problems[i], text)
-        mc = [hits[(i, STEP_SEPARATOR.join(steps[:k]) + STEP_SEPARATOR)] / recipe.mc_rollouts
-              for k in range(1, len(steps))] + [float(correct)]
+        mc = [
+            hits[(i, STEP_SEPARATOR.join(steps[:k]) + STEP_SEPARATOR)] / recipe.mc_rollouts
+            for k in range(1, len(steps))
+        ] + [float(correct)]
         out.append(Labelled(problems[i], steps, [1 if m > 0 else -1 for m in mc], mc, correct))
     return out
 
 
-def train_prm(init_path: str, labelled: Sequence[Labelled], recipe: Recipe,
-              progress: Callable = lambda it, **kw: it):
+def train_prm(init_path: str, labelled: Sequence[Labelled], recipe: Recipe, progress: Callable = lambda it, **kw: it):
     """Fine-tune the checkpoint at ``init_path`` into a PRM; returns (the scorer, its loss curve)."""
     import torch
 
@@ -309,7 +381,7 @@ def train_prm(init_path: str, labelled: Sequence[Labelled], recipe: Recipe,
         for g in range(0, len(groups), recipe.prm_batch_questions):
             next(it, None)
             rows, pixels, targets, positions = [], [], [], []
-            for group in groups[g:g + recipe.prm_batch_questions]:
+            for group in groups[g : g + recipe.prm_batch_questions]:
                 p = group[0].problem
                 enc = prm.inputs.encode([prm.render(mcq_prompt(p), x.steps, 1) for x in group], [problem_image(p)])
                 for r, x in enumerate(group):

@@ -69,8 +69,20 @@ def demo(args) -> int:
     args.model, args.data = args.model or DEMO_MODEL, args.data or DEMO_DATA
     env = {**os.environ, DEMO_ENV: "1"}
     env.setdefault(OPTIONS_ENV, json.dumps({"orm": True}))
-    cmd = [sys.executable, "-m", "vlmeval.run", "--model", args.model, "--data", args.data,
-           "--judge", "exact_matching", "--work-dir", args.work_dir, *args.extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmeval.run",
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--judge",
+        "exact_matching",
+        "--work-dir",
+        args.work_dir,
+        *args.extra,
+    ]
     print("running:", f"{DEMO_ENV}=1", f"{OPTIONS_ENV}='{env[OPTIONS_ENV]}'", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, env=env)
     folder = os.path.join(args.work_dir, args.model)
@@ -87,8 +99,18 @@ def demo(args) -> int:
             print("VLMEvalKit output:", path)
     if rc:
         return rc
-    return report(argparse.Namespace(work_dir=args.work_dir, model=[args.model], data=[args.data], judge=None,
-                                     judge_args=None, judge_base_url=None, nproc=None, ks=None))
+    return report(
+        argparse.Namespace(
+            work_dir=args.work_dir,
+            model=[args.model],
+            data=[args.data],
+            judge=None,
+            judge_args=None,
+            judge_base_url=None,
+            nproc=None,
+            ks=None,
+        )
+    )
 
 
 def report(args) -> int:
@@ -115,10 +137,18 @@ def serve(args) -> int:
     if args.demo and (args.model or args.config or args.prm or args.n):
         print("--demo serves the tiny demo model and PRM: drop --model/--config/--prm/--n", file=sys.stderr)
         return 2
-    opts = ServeOptions(model=DEMO_MODEL if args.demo else args.model, config=args.config, n=args.n, prm=args.prm,
-                        demo=args.demo, store_dir=args.store_dir, max_concurrency=args.max_concurrency,
-                        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-                        allow_remote_images=args.allow_remote_images, image_root=args.image_root)
+    opts = ServeOptions(
+        model=DEMO_MODEL if args.demo else args.model,
+        config=args.config,
+        n=args.n,
+        prm=args.prm,
+        demo=args.demo,
+        store_dir=args.store_dir,
+        max_concurrency=args.max_concurrency,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        allow_remote_images=args.allow_remote_images,
+        image_root=args.image_root,
+    )
     try:
         return run_server(opts, host=args.host, port=args.port)
     except (OSError, ValueError) as exc:
@@ -153,9 +183,12 @@ def main(argv=None) -> int:
     p.add_argument("--site-packages", help="target directory (default: this interpreter's purelib)")
     p.set_defaults(func=install_hook)
     p = sub.add_parser("demo", help="offline CPU demo: Best-of-N with tiny local models, then the report")
-    p.add_argument("--shapes", action="store_true",
-                   help="the policy and PRM trained on the synthetic shapes task (experimental: the first run "
-                        "trains them on CPU, untuned)")
+    p.add_argument(
+        "--shapes",
+        action="store_true",
+        help="the policy and PRM trained on the synthetic shapes task (experimental: the first run "
+        "trains them on CPU, untuned)",
+    )
     p.add_argument("--model", help=f"default {DEMO_MODEL} ({SHAPES_MODEL} with --shapes)")
     p.add_argument("--data", help=f"default {DEMO_DATA} ({SHAPES_DATA} with --shapes)")
     p.add_argument("--work-dir", default="outputs")
@@ -167,8 +200,11 @@ def main(argv=None) -> int:
     p.add_argument("--data", nargs="+", required=True, help="dataset names of the runs")
     p.add_argument("--judge", help="judge for the dataset's evaluate() (default: the one the run used)")
     p.add_argument("--judge-args", help="JSON object of further judge settings, as in vlmeval.run")
-    p.add_argument("--judge-base-url", help="OpenAI-compatible judge server, e.g. http://127.0.0.1:23334/v1 "
-                                            "(default: $OPENAI_API_BASE, as in VLMEvalKit)")
+    p.add_argument(
+        "--judge-base-url",
+        help="OpenAI-compatible judge server, e.g. http://127.0.0.1:23334/v1 "
+        "(default: $OPENAI_API_BASE, as in VLMEvalKit)",
+    )
     p.add_argument("--nproc", type=int, help="judge parallelism (default 4)")
     p.add_argument("--ks", type=int, nargs="+", help="values of N (default: 1, 2, 4, ... up to the run's N, and N)")
     p.set_defaults(func=report)
@@ -180,8 +216,12 @@ def main(argv=None) -> int:
     p.add_argument("--prm", help=f"PRM spec (default: ${SPEC_ENV} or {DEFAULT_PRM_SPEC})")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (logged)")
-    p.add_argument("--max-concurrency", type=int, default=8,
-                   help="requests in work at once with an API policy and a served PRM (else one at a time)")
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=8,
+        help="requests in work at once with an API policy and a served PRM (else one at a time)",
+    )
     p.add_argument("--api-key", help="require this Bearer key (default: $VLMEVAL_PRM_API_KEY; none: open)")
     p.add_argument("--store-dir", help="candidate store folder (default: $VLMEVAL_PRM_STORE_DIR or outputs/<model>)")
     p.add_argument("--allow-remote-images", action="store_true", help="let requests name http(s) image URLs")

@@ -29,8 +29,9 @@ class AsReportedVLMEvalKitEvaluator(VLMEvalKitEvaluator):
 
         flattened = flatten_summary_metrics(raw_metrics)
         primary = dataset.report_primary_metric(flattened)
-        metrics = {str(k): float(v) for k, v in {**flattened, **primary}.items()
-                   if isinstance(v, Number) and not pd.isna(v)}
+        metrics = {
+            str(k): float(v) for k, v in {**flattened, **primary}.items() if isinstance(v, Number) and not pd.isna(v)
+        }
         if not metrics:
             raise ValueError("VLMEvalKit evaluate() returned no numeric metrics.")
         return metrics, flattened, primary

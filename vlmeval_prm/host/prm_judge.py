@@ -56,8 +56,10 @@ class PRMJudge(BaseModel):
         payload = _payload(message)
         fail = partial(_failure, getattr(self.scorer, "identity", type(self.scorer).__name__))
         if payload is None:
-            return fail(f"PRMJudge scores given steps; {dataset or 'this dataset'} provides none "
-                        f"(supported: {', '.join(VisualProcessBench.supported_datasets())})")
+            return fail(
+                f"PRMJudge scores given steps; {dataset or 'this dataset'} provides none "
+                f"(supported: {', '.join(VisualProcessBench.supported_datasets())})"
+            )
         steps, images = payload[PAYLOAD_KEY], [m["value"] for m in message if m["type"] == "image"]
         try:
             result = self.scorer.score(payload["question"], images, [steps], mode="step")[0]

@@ -84,7 +84,7 @@ class ServeOptions:
             with open(self.config, encoding="utf-8") as f:
                 models = json.load(f).get("model")
             if not isinstance(models, dict) or not models:
-                raise ValueError(f"{self.config} has no \"model\" section")
+                raise ValueError(f'{self.config} has no "model" section')
             if self.model is None and len(models) != 1:
                 raise ValueError(f"{self.config} defines {sorted(models)}: choose one with --model")
             if self.model is not None and self.model not in models:
@@ -99,21 +99,32 @@ class ServeOptions:
 
 # ------------------------------------------------------------------------------------------- errors
 
+
 class APIError(Exception):
     """An HTTP error with OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, extra: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        extra: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.extra = extra or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
-                **self.extra}
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
+            **self.extra,
+        }
 
 
 # ------------------------------------------------------------------------------------ model loading
+
 
 def load_model(opts: ServeOptions):
     """The ``BestOfN`` to serve: a ``-BoN<N>`` name, a base name wrapped in Best-of-``--n``, or a
@@ -164,11 +175,24 @@ def bon_payload(model, out: dict) -> dict:
     for i, score in enumerate(summary.scores):
         cand, rec = entry.candidates.get(i), entry.score(i, model.prm_spec, "step")
         error = (cand.error if cand is not None else "not sampled") or (rec.error if rec is not None else None)
-        candidates.append({"index": i, "text": entry.text(i), "score": score,
-                           "steps": rec.steps if rec is not None else None,
-                           "step_scores": _finite(rec.step_scores) if rec is not None else None, "error": error})
-    return {"selected": summary.chosen, "n": summary.n, "prm": summary.prm, "aggregate": summary.aggregate,
-            "failures": summary.failures, "candidates": candidates}
+        candidates.append(
+            {
+                "index": i,
+                "text": entry.text(i),
+                "score": score,
+                "steps": rec.steps if rec is not None else None,
+                "step_scores": _finite(rec.step_scores) if rec is not None else None,
+                "error": error,
+            }
+        )
+    return {
+        "selected": summary.chosen,
+        "n": summary.n,
+        "prm": summary.prm,
+        "aggregate": summary.aggregate,
+        "failures": summary.failures,
+        "candidates": candidates,
+    }
 
 
 def _finite(values: list[float] | None) -> list[float | None] | None:
@@ -206,10 +230,15 @@ class ModelHost:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bon-generate")
         self.image_dir = os.path.join(os.path.dirname(os.path.abspath(model.store(None).path)), "images")
         self.model = model
-        log.info("%s ready in %.1f s (N=%d, PRM %s; %s); candidate store %s", model.name,
-                 time.monotonic() - started, model.n, model.prm_spec,
-                 f"up to {workers} requests at once" if parallel else "a local model: one request at a time",
-                 model.store(None).path)
+        log.info(
+            "%s ready in %.1f s (N=%d, PRM %s; %s); candidate store %s",
+            model.name,
+            time.monotonic() - started,
+            model.n,
+            model.prm_spec,
+            f"up to {workers} requests at once" if parallel else "a local model: one request at a time",
+            model.store(None).path,
+        )
 
     async def generate(self, message: list[dict]) -> tuple[str, dict]:
         loop = asyncio.get_running_loop()
@@ -225,6 +254,7 @@ class ModelHost:
 
 
 # ----------------------------------------------------------------------------------- request schema
+
 
 class TextPart(BaseModel):
     type: Literal["text"]
@@ -259,6 +289,7 @@ class ChatRequest(BaseModel):
 
 # ------------------------------------------------------------------------------------------- images
 
+
 async def image_bytes(url: str, opts: ServeOptions) -> bytes:
     """The bytes behind an image URL: a base64 data URL always; http(s) only with
     ``--allow-remote-images``; ``file://`` only inside ``--image-root``."""
@@ -275,8 +306,12 @@ async def image_bytes(url: str, opts: ServeOptions) -> bytes:
             raise APIError(400, f"image data URL is not valid base64: {exc}", param="image_url") from exc
     if scheme in ("http", "https"):
         if not opts.allow_remote_images:
-            raise APIError(400, "http(s) image URLs are off on this server (start it with --allow-remote-images); "
-                                "send the image as a base64 data URL", param="image_url")
+            raise APIError(
+                400,
+                "http(s) image URLs are off on this server (start it with --allow-remote-images); "
+                "send the image as a base64 data URL",
+                param="image_url",
+            )
         try:
             async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True) as client:
                 resp = await client.get(url)
@@ -286,8 +321,9 @@ async def image_bytes(url: str, opts: ServeOptions) -> bytes:
         return resp.content
     if scheme == "file":
         if not opts.image_root:
-            raise APIError(400, "file:// image URLs are off on this server (start it with --image-root DIR)",
-                           param="image_url")
+            raise APIError(
+                400, "file:// image URLs are off on this server (start it with --image-root DIR)", param="image_url"
+            )
         root = os.path.realpath(opts.image_root)
         path = os.path.realpath(url2pathname(urlparse(url).path))
         if os.path.commonpath([root, path]) != root:
@@ -297,8 +333,9 @@ async def image_bytes(url: str, opts: ServeOptions) -> bytes:
                 return f.read(MAX_IMAGE_BYTES + 1)
         except OSError as exc:
             raise APIError(400, f"could not read the image file: {exc.strerror}", param="image_url") from exc
-    raise APIError(400, f"unsupported image URL scheme {scheme or url[:16]!r}: use a base64 data URL",
-                   param="image_url")
+    raise APIError(
+        400, f"unsupported image URL scheme {scheme or url[:16]!r}: use a base64 data URL", param="image_url"
+    )
 
 
 def save_image(data: bytes, folder: str) -> str:
@@ -327,14 +364,21 @@ async def to_vlmeval_message(request, opts: ServeOptions, image_dir: str) -> lis
     if request.stream:
         raise APIError(400, "streaming is not supported", param="stream")
     if request.n not in (None, 1):
-        raise APIError(400, "n must be 1: the answer is the best of the server's N candidates, all of which "
-                            "come back in `bon.candidates`", param="n")
+        raise APIError(
+            400,
+            "n must be 1: the answer is the best of the server's N candidates, all of which "
+            "come back in `bon.candidates`",
+            param="n",
+        )
     if len(request.messages) != 1 or request.messages[0].role != "user":
-        raise APIError(400, "send exactly one user message: Best-of-N answers a single question "
-                            f"(got roles {[m.role for m in request.messages]})", param="messages")
+        raise APIError(
+            400,
+            "send exactly one user message: Best-of-N answers a single question "
+            f"(got roles {[m.role for m in request.messages]})",
+            param="messages",
+        )
     content = request.messages[0].content
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else \
-        [p.model_dump() for p in content or []]
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else [p.model_dump() for p in content or []]
     message = []
     for part in parts:
         if part["type"] == "text":
@@ -350,6 +394,7 @@ async def to_vlmeval_message(request, opts: ServeOptions, image_dir: str) -> lis
 
 
 # -------------------------------------------------------------------------------------------- app
+
 
 def create_app(host: ModelHost):
     """The FastAPI app: ``/health``, ``/v1/models``, ``/v1/chat/completions``."""
@@ -377,8 +422,11 @@ def create_app(host: ModelHost):
 
     def ready_model():
         if host.model is None:
-            raise APIError(503, f"the model is {'not available: ' + host.error if host.error else 'loading'}",
-                           type="service_unavailable")
+            raise APIError(
+                503,
+                f"the model is {'not available: ' + host.error if host.error else 'loading'}",
+                type="service_unavailable",
+            )
         return host.model
 
     @app.get("/health")
@@ -388,15 +436,21 @@ def create_app(host: ModelHost):
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
-        return {"object": "list", "data": [{"id": host.name, "object": "model", "created": 0,
-                                            "owned_by": "vlmeval-prm"}]}
+        return {
+            "object": "list",
+            "data": [{"id": host.name, "object": "model", "created": 0, "owned_by": "vlmeval-prm"}],
+        }
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat(request: ChatRequest):
         model = ready_model()
         if request.model != model.name:
-            raise APIError(404, f"model {request.model!r} is not served here; this server serves {model.name!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {request.model!r} is not served here; this server serves {model.name!r}",
+                param="model",
+                code="model_not_found",
+            )
         message = await to_vlmeval_message(request, host.opts, host.image_dir)
         try:
             answer, bon = await host.generate(message)
@@ -404,13 +458,28 @@ def create_app(host: ModelHost):
             log.exception("Best-of-N failed for a request")
             raise APIError(500, f"Best-of-N failed: {type(exc).__name__}: {exc}", type="server_error") from exc
         if bon["selected"] is None:
-            raise APIError(502, f"no candidate could be scored ({bon['failures']}); the failures are in the "
-                                "candidate store and a retry resumes them", type="server_error", extra={"bon": bon})
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": model.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                             "finish_reason": "stop", "logprobs": None}],
-                "bon": bon}
+            raise APIError(
+                502,
+                f"no candidate could be scored ({bon['failures']}); the failures are in the "
+                "candidate store and a retry resumes them",
+                type="server_error",
+                extra={"bon": bon},
+            )
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "bon": bon,
+        }
 
     return app
 
@@ -437,8 +506,11 @@ def serve(opts: ServeOptions, host: str = "127.0.0.1", port: int = 8000) -> int:
 
     sock = _bind(host, port)
     bound = sock.getsockname()
-    log.info("listening on http://%s:%d (the model loads in the background; /health is 200 once it is ready)",
-             host if ":" not in host else f"[{host}]", bound[1])
+    log.info(
+        "listening on http://%s:%d (the model loads in the background; /health is 200 once it is ready)",
+        host if ":" not in host else f"[{host}]",
+        bound[1],
+    )
     threading.Thread(target=model_host.load, args=(stop,), name="bon-load", daemon=True).start()
     try:
         server.run(sockets=[sock])

@@ -70,8 +70,10 @@ class APIAdapter(SamplingAdapter):
     #: Said in the route reason (e.g. which requested settings cannot be sent).
     note = ""
     #: Why the class cannot sample (unsupported when set).
-    refusal = ("no sampling adapter: nobody has checked that its generate_inner forwards per-call "
-               "temperature/top_p to its server")
+    refusal = (
+        "no sampling adapter: nobody has checked that its generate_inner forwards per-call "
+        "temperature/top_p to its server"
+    )
     #: Concurrent requests per question.
     parallel = 8
 
@@ -79,8 +81,9 @@ class APIAdapter(SamplingAdapter):
         if not self.sends:
             return Route("unsupported", f"{self.name}: {self.refusal}")
         note = f"; {self.note}" if self.note else ""
-        return Route("api-parallel", f"{self.name}: N concurrent requests sending "
-                                     f"{', '.join(self.sends.values())}{note}")
+        return Route(
+            "api-parallel", f"{self.name}: N concurrent requests sending {', '.join(self.sends.values())}{note}"
+        )
 
     def settings(self, cfg: SamplingConfig, greedy: bool) -> dict:
         out = super().settings(cfg, greedy)
@@ -108,9 +111,16 @@ class APIAdapter(SamplingAdapter):
             raise RuntimeError(text)
         return text
 
-    def sample(self, model: Any, message: Any, dataset: str | None, n: int, cfg: SamplingConfig,
-               greedy_first: bool | None = None,
-               on_sample: Callable[[int, Sample], None] | None = None) -> list[Sample]:
+    def sample(
+        self,
+        model: Any,
+        message: Any,
+        dataset: str | None,
+        n: int,
+        cfg: SamplingConfig,
+        greedy_first: bool | None = None,
+        on_sample: Callable[[int, Sample], None] | None = None,
+    ) -> list[Sample]:
         """N requests at once (at most ``parallel``); ``on_sample`` is called from this thread as
         each one completes."""
         if n < 1:
@@ -142,6 +152,7 @@ class APIAdapter(SamplingAdapter):
 
 # -- OpenAI-compatible: one request with n --------------------------------------------------------
 
+
 class _ChatAPIAdapter(APIAdapter):
     """OpenAI-style API wrappers: all sampled candidates in ONE request (``n``), so the server
     prefills the prompt once. ``GPT4V.generate`` and ``LMDeployAPI.generate`` accept only
@@ -152,22 +163,32 @@ class _ChatAPIAdapter(APIAdapter):
     def route(self, model: Any) -> Route:
         if not self.can_request_n(model):
             return Route("api-parallel", f"{self.name}: N concurrent requests (no plain api_base to send n to)")
-        return Route("api-n", f"{self.name}: one chat request with n=N (N parallel requests if the server "
-                              "refuses n)")
+        return Route("api-n", f"{self.name}: one chat request with n=N (N parallel requests if the server refuses n)")
 
     def can_request_n(self, model: Any) -> bool:
         return not attr(model, "use_azure", False)
 
-    def sample(self, model: Any, message: Any, dataset: str | None, n: int, cfg: SamplingConfig,
-               greedy_first: bool | None = None,
-               on_sample: Callable[[int, Sample], None] | None = None) -> list[Sample]:
+    def sample(
+        self,
+        model: Any,
+        message: Any,
+        dataset: str | None,
+        n: int,
+        cfg: SamplingConfig,
+        greedy_first: bool | None = None,
+        on_sample: Callable[[int, Sample], None] | None = None,
+    ) -> list[Sample]:
         """A server that refuses ``n`` or returns fewer choices gets one request per candidate from
         then on (remembered on the model, so ``--api-nproc`` threads stop asking)."""
         greedy_first = cfg.first_greedy if greedy_first is None else greedy_first
         greedy_first = greedy_first and self.can_be_greedy(model)
         n_sampled = n - int(bool(greedy_first))
-        if (n_sampled < 2 or getattr(model, "_vlmeval_prm_no_n", False) or not self.can_request_n(model)
-                or not getattr(model, "api_base", None)):
+        if (
+            n_sampled < 2
+            or getattr(model, "_vlmeval_prm_no_n", False)
+            or not self.can_request_n(model)
+            or not getattr(model, "api_base", None)
+        ):
             return super().sample(model, message, dataset, n, cfg, greedy_first, on_sample)
         self.check(model, dataset)
         settings = self.settings(cfg, greedy=False)
@@ -175,8 +196,9 @@ class _ChatAPIAdapter(APIAdapter):
             texts = self.request_n(model, copy.deepcopy(message), dataset, n_sampled, settings)
         except NotImplementedError as exc:
             model._vlmeval_prm_no_n = True
-            log.warning("%s: server does not honour n=%d (%s); parallel requests from now on",
-                        describe(model), n_sampled, exc)
+            log.warning(
+                "%s: server does not honour n=%d (%s); parallel requests from now on", describe(model), n_sampled, exc
+            )
             return super().sample(model, message, dataset, n, cfg, greedy_first, on_sample)
         except Exception as exc:  # the one request failed: every candidate it carried failed
             texts = [exc] * n_sampled
@@ -234,9 +256,12 @@ class OpenAIAdapter(_ChatAPIAdapter):
         route = super().route(model)
         if not _drops_temperature(model):
             return route
-        return Route(route.route, f"{route.reason}; model {attr(model, 'model', '?')!r} takes no temperature/top_p "
-                                  "(o-series/gpt-5 sample at their fixed temperature 1), so candidates use the "
-                                  "model's own sampling and none is greedy")
+        return Route(
+            route.route,
+            f"{route.reason}; model {attr(model, 'model', '?')!r} takes no temperature/top_p "
+            "(o-series/gpt-5 sample at their fixed temperature 1), so candidates use the "
+            "model's own sampling and none is greedy",
+        )
 
     def can_be_greedy(self, model: Any) -> bool:
         return not _drops_temperature(model)
@@ -245,8 +270,11 @@ class OpenAIAdapter(_ChatAPIAdapter):
         if not _drops_temperature(model):
             return super().sample(model, message, dataset, n, cfg, greedy_first, on_sample)
         if greedy_first or (greedy_first is None and cfg.first_greedy):
-            log.warning("%s: %r cannot decode greedily; candidate 0 is sampled like the others",
-                        describe(model), getattr(model, "model", "?"))
+            log.warning(
+                "%s: %r cannot decode greedily; candidate 0 is sampled like the others",
+                describe(model),
+                getattr(model, "model", "?"),
+            )
         return _FixedSamplingAdapter().sample(model, message, dataset, n, cfg, False, on_sample)
 
     def payload(self, model, inputs, dataset, kwargs):
@@ -296,7 +324,8 @@ class OpenAISDKAdapter(_ChatAPIAdapter):
         if forced:
             raise UnsupportedPolicyError(
                 f"{describe(model)}: its prompt adapter {type(adapter).__name__} forces {forced} "
-                f"for dataset {dataset!r}, which would override the sampling settings")
+                f"for dataset {dataset!r}, which would override the sampling settings"
+            )
 
 
 # -- per-call wrappers: N parallel requests ------------------------------------------------------
@@ -305,8 +334,10 @@ T, P, K, M = "temperature", "top_p", "top_k", "max_new_tokens"
 
 #: class name -> (neutral setting -> kwarg its generate_inner forwards, note). Read from vlmeval/api/*.py.
 PER_CALL: dict[str, tuple[dict[str, str], str]] = {
-    "Claude_Wrapper": ({T: "temperature", K: "top_k", M: "max_tokens"},
-                       "top_p not sent: recent Claude models reject temperature together with top_p"),
+    "Claude_Wrapper": (
+        {T: "temperature", K: "top_k", M: "max_tokens"},
+        "top_p not sent: recent Claude models reject temperature together with top_p",
+    ),
     "GeminiWrapper": ({T: "temperature", P: "top_p", K: "top_k", M: "max_output_tokens"}, ""),
     "GCPVertexAPI": ({T: "temperature", M: "max_tokens"}, "the wrapper forwards no top_p/top_k"),
     "TogetherAPI": ({T: "temperature", M: "max_tokens"}, "the wrapper forwards no top_p/top_k"),
@@ -318,8 +349,10 @@ PER_CALL: dict[str, tuple[dict[str, str], str]] = {
     "TaiyiWrapper": ({T: "temperature", P: "top_p"}, ""),
     "SiliconFlowAPI": ({T: "temperature", P: "top_p", M: "max_tokens"}, ""),
     "SenseChatVisionV2API": ({T: "temperature", P: "top_p", M: "max_tokens"}, ""),
-    "Qwen2VLAPI": ({T: "temperature", P: "top_p", K: "top_k", M: "max_tokens"},
-                   "top_k sent as None when unset, which turns off the wrapper's top_k=1"),
+    "Qwen2VLAPI": (
+        {T: "temperature", P: "top_p", K: "top_k", M: "max_tokens"},
+        "top_k sent as None when unset, which turns off the wrapper's top_k=1",
+    ),
 }
 
 #: class name -> (neutral setting -> attribute its generate_inner reads, note); switched under a lock.
@@ -433,11 +466,24 @@ def _register_tables() -> None:
     for table, base in ((PER_CALL, APIAdapter), (BY_ATTRIBUTE, AttributeAPIAdapter)):
         for cls_name, (sends, note) in table.items():
             if cls_name not in ("Qwen2VLAPI", "GeminiWrapper"):
-                register_adapter(cls_name)(type(f"{cls_name}Adapter", (base,), {
-                    "name": cls_name, "sends": sends, "note": note, "__doc__": f"{cls_name}: {note or 'per call'}"}))
+                register_adapter(cls_name)(
+                    type(
+                        f"{cls_name}Adapter",
+                        (base,),
+                        {
+                            "name": cls_name,
+                            "sends": sends,
+                            "note": note,
+                            "__doc__": f"{cls_name}: {note or 'per call'}",
+                        },
+                    )
+                )
     for cls_name, why in REFUSED.items():
-        register_adapter(cls_name)(type(f"{cls_name}Refused", (APIAdapter,), {
-            "name": cls_name, "refusal": why, "__doc__": f"{cls_name}: {why}"}))
+        register_adapter(cls_name)(
+            type(
+                f"{cls_name}Refused", (APIAdapter,), {"name": cls_name, "refusal": why, "__doc__": f"{cls_name}: {why}"}
+            )
+        )
 
 
 _register_tables()

@@ -27,8 +27,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SamplingConfig", "Sample", "Route", "ModelSpec", "SamplingAdapter", "UnsupportedPolicyError",
-           "ROUTES", "register_adapter", "adapter_class", "get_adapter", "route_of", "supported_families"]
+__all__ = [
+    "SamplingConfig",
+    "Sample",
+    "Route",
+    "ModelSpec",
+    "SamplingAdapter",
+    "UnsupportedPolicyError",
+    "ROUTES",
+    "register_adapter",
+    "adapter_class",
+    "get_adapter",
+    "route_of",
+    "supported_families",
+]
 
 #: What ``vlmeval-prm models`` reports: N candidates in one engine call; one API request with n=N;
 #: N concurrent API requests; N calls one after another; cannot sample.
@@ -204,7 +216,8 @@ def get_adapter(model: Any) -> SamplingAdapter:
     adapter, route = route_of(model)
     if adapter is None or not route.can_sample:
         raise UnsupportedPolicyError(
-            f"{describe(model)} cannot sample, so Best-of-N would get N identical greedy answers: {route.reason}")
+            f"{describe(model)} cannot sample, so Best-of-N would get N identical greedy answers: {route.reason}"
+        )
     adapter.check(model)
     return adapter
 
@@ -299,6 +312,7 @@ def failed(exc: BaseException, settings: dict) -> Sample:
 
 # -- adapters -----------------------------------------------------------------------------------
 
+
 class SamplingAdapter:
     """Default: N sequential ``model.generate`` calls, each with the family's settings attribute
     (``settings_attr``, a dict of HF generate kwargs) switched to sampling and restored afterwards."""
@@ -322,15 +336,25 @@ class SamplingAdapter:
         if self.settings_attr is not None and not isinstance(getattr(model, self.settings_attr, None), dict):
             raise UnsupportedPolicyError(
                 f"{describe(model)} has no dict attribute {self.settings_attr!r} holding its "
-                f"generation settings, so the {self.name} adapter cannot switch it to sampling")
+                f"generation settings, so the {self.name} adapter cannot switch it to sampling"
+            )
 
     def settings(self, cfg: SamplingConfig, greedy: bool) -> dict:
         if greedy:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
-                    "max_new_tokens": cfg.max_new_tokens}
-        return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                "top_k": self.top_k_off if cfg.top_k is None else cfg.top_k,
-                "max_new_tokens": cfg.max_new_tokens}
+            return {
+                "do_sample": False,
+                "temperature": None,
+                "top_p": None,
+                "top_k": None,
+                "max_new_tokens": cfg.max_new_tokens,
+            }
+        return {
+            "do_sample": True,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "top_k": self.top_k_off if cfg.top_k is None else cfg.top_k,
+            "max_new_tokens": cfg.max_new_tokens,
+        }
 
     def generation_kwargs(self, settings: dict) -> dict:
         """Settings in the family's own vocabulary; HF ``generate`` names by default."""
@@ -346,9 +370,16 @@ class SamplingAdapter:
             raw = model.generate(message=message, dataset=dataset)
         return as_text(raw)
 
-    def sample(self, model: Any, message: Any, dataset: str | None, n: int, cfg: SamplingConfig,
-               greedy_first: bool | None = None,
-               on_sample: Callable[[int, Sample], None] | None = None) -> list[Sample]:
+    def sample(
+        self,
+        model: Any,
+        message: Any,
+        dataset: str | None,
+        n: int,
+        cfg: SamplingConfig,
+        greedy_first: bool | None = None,
+        on_sample: Callable[[int, Sample], None] | None = None,
+    ) -> list[Sample]:
         """N candidates; a failure of one candidate is a Sample with error set, never an exception.
 
         ``greedy_first`` (default ``cfg.first_greedy``) makes candidate 0 greedy; a caller that

@@ -56,8 +56,9 @@ def factory_spec(factory: Any) -> ModelSpec:
 VLLM_NAME_PARTS = ("Llama-4", "Qwen2-VL", "Qwen2.5-VL")
 
 
-def model_routes(supported_vlm: dict, use_vllm: bool = False,
-                 skip_classes: tuple[str, ...] = ("BestOfN",)) -> list[ModelRoute]:
+def model_routes(
+    supported_vlm: dict, use_vllm: bool = False, skip_classes: tuple[str, ...] = ("BestOfN",)
+) -> list[ModelRoute]:
     """Every name whose class is not in ``skip_classes`` (the Best-of-N names derived from the others),
     built as ``vlmeval.run`` would build it (``use_vllm``: its ``--use-vllm`` flag)."""
     out = []

@@ -84,8 +84,9 @@ class Interceptor:
                 key = self.key(args, kwargs)
                 if self.pending:
                     if not self.same(key, self.fingerprint):
-                        raise ReplayError("the model asked its engine for a different prompt than the one "
-                                          "the batch was sampled for")
+                        raise ReplayError(
+                            "the model asked its engine for a different prompt than the one the batch was sampled for"
+                        )
                     return self.pending.pop(0)
                 call_args, call_kwargs = self.expand(args, kwargs)
                 out = original(*call_args, **call_kwargs)
@@ -109,6 +110,7 @@ class Interceptor:
 
 
 # -- transformers ------------------------------------------------------------------------------
+
 
 class HFGenerate(Interceptor):
     """transformers ``generate``: settings are keyword arguments (they override a
@@ -149,9 +151,13 @@ class HFGenerate(Interceptor):
             raise TypeError(f"cannot split a {type(out).__name__} returned by generate into candidates")
         prompt = self.key(args, kwargs)
         start = 0
-        if (isinstance(prompt, torch.Tensor) and prompt.dtype in (torch.long, torch.int) and prompt.dim() == 2
-                and out.shape[1] >= prompt.shape[1]
-                and torch.equal(out[0, :prompt.shape[1]], prompt[0].to(out.device))):
+        if (
+            isinstance(prompt, torch.Tensor)
+            and prompt.dtype in (torch.long, torch.int)
+            and prompt.dim() == 2
+            and out.shape[1] >= prompt.shape[1]
+            and torch.equal(out[0, : prompt.shape[1]], prompt[0].to(out.device))
+        ):
             start = prompt.shape[1]  # decoder-only output: the prompt, then the new tokens
         stops = set(_as_list(self.fields.get("eos_token_id", kwargs.get("eos_token_id"))))
         pad = kwargs.get("pad_token_id")
@@ -169,7 +175,7 @@ class HFGenerate(Interceptor):
                 end = len(new)
                 while pad is not None and end and new[end - 1] == pad:
                     end -= 1
-            rows.append(row[:start + end].unsqueeze(0))
+            rows.append(row[: start + end].unsqueeze(0))
         return rows
 
     def bind_defaults(self, target: Any) -> None:
@@ -222,6 +228,7 @@ def hf_intercepted(targets: list, interceptor: HFGenerate) -> Iterator[HFGenerat
 
 # -- vLLM --------------------------------------------------------------------------------------
 
+
 class VLLMGenerate(Interceptor):
     """vLLM ``LLM.generate(prompts, sampling_params)``: the wrapper's SamplingParams (its max_tokens
     and stop conditions) with the sampling fields and ``n`` set; answers split per completion."""
@@ -262,6 +269,7 @@ def vllm_intercepted(llm: Any, interceptor: VLLMGenerate) -> Iterator[VLLMGenera
 
 
 # -- lmdeploy pipeline -------------------------------------------------------------------------
+
 
 class PipelineCall(Interceptor):
     """An lmdeploy pipeline called as ``pipe(prompts, gen_config=...)``: the GenerationConfig the

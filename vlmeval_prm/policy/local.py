@@ -86,15 +86,24 @@ class EngineAdapter(SamplingAdapter):
     def route(self, model: Any) -> Route:
         engine = self.engine(model)
         if engine.endswith("?"):
-            return Route("unsupported", f"{self.name}: the {engine[:-1]} backend of {model_class(model).__name__} "
-                                        "is not covered (use its transformers backend)")
+            return Route(
+                "unsupported",
+                f"{self.name}: the {engine[:-1]} backend of {model_class(model).__name__} "
+                "is not covered (use its transformers backend)",
+            )
         if isinstance(model, ModelSpec) and not self.batched and not _calls_an_engine(model.cls):
-            return Route("unsupported", f"{self.name}: {model.cls.__name__} never calls a generate or chat "
-                                        "method, so sampling settings have nowhere to go")
+            return Route(
+                "unsupported",
+                f"{self.name}: {model.cls.__name__} never calls a generate or chat "
+                "method, so sampling settings have nowhere to go",
+            )
         if self.batched:
             return Route("batched", f"{self.name}: N candidates from {ENGINE_WORDS[engine]}")
-        return Route("sequential", f"{self.name}: N calls, sampling settings merged into {SEQUENTIAL_WORDS[engine]}"
-                                   f"{'' if self.name != 'generic' else ' (a call that reaches none fails loudly)'}")
+        return Route(
+            "sequential",
+            f"{self.name}: N calls, sampling settings merged into {SEQUENTIAL_WORDS[engine]}"
+            f"{'' if self.name != 'generic' else ' (a call that reaches none fails loudly)'}",
+        )
 
     def check(self, model: Any, dataset: str | None = None) -> None:
         route = self.route(model)
@@ -102,8 +111,10 @@ class EngineAdapter(SamplingAdapter):
             raise UnsupportedPolicyError(f"{describe(model)}: {route.reason}")
         engine = self.engine(model)
         if engine == "transformers" and not generate_targets(model):
-            raise UnsupportedPolicyError(f"{describe(model)} holds no transformers model with generate(), so the "
-                                         f"{self.name} route cannot pass sampling settings to it")
+            raise UnsupportedPolicyError(
+                f"{describe(model)} holds no transformers model with generate(), so the "
+                f"{self.name} route cannot pass sampling settings to it"
+            )
         if engine == "vllm" and not callable(getattr(getattr(model, self.vllm_attr, None), "generate", None)):
             raise UnsupportedPolicyError(f"{describe(model)}.{self.vllm_attr} is not a vLLM LLM")
         if engine == "lmdeploy" and not callable(getattr(model, self.pipeline_attr, None)):
@@ -113,9 +124,16 @@ class EngineAdapter(SamplingAdapter):
     def engine_fields(self, engine: str, settings: dict) -> dict:
         limit = settings["max_new_tokens"]
         if engine == "vllm":
-            out = ({"temperature": 0.0} if not settings["do_sample"] else
-                   {"temperature": settings["temperature"], "top_p": settings["top_p"],
-                    "top_k": -1 if not settings["top_k"] else settings["top_k"], "seed": None})
+            out = (
+                {"temperature": 0.0}
+                if not settings["do_sample"]
+                else {
+                    "temperature": settings["temperature"],
+                    "top_p": settings["top_p"],
+                    "top_k": -1 if not settings["top_k"] else settings["top_k"],
+                    "seed": None,
+                }
+            )
             return {**out, "max_tokens": limit} if limit else out
         out = {"do_sample": settings["do_sample"]}
         if settings["do_sample"]:
@@ -125,8 +143,9 @@ class EngineAdapter(SamplingAdapter):
             out["max_new_tokens"] = limit
         return out
 
-    def intercept(self, model: Any, settings: dict,
-                  batch: int) -> tuple[Interceptor, contextlib.AbstractContextManager]:
+    def intercept(
+        self, model: Any, settings: dict, batch: int
+    ) -> tuple[Interceptor, contextlib.AbstractContextManager]:
         engine, label = self.engine(model), type(model).__name__
         fields = self.engine_fields(engine, settings)
         if engine == "vllm":
@@ -176,10 +195,13 @@ class EngineAdapter(SamplingAdapter):
                     if icpt.calls == 0:
                         raise UnsupportedPolicyError(
                             f"{describe(model)} answered without calling a transformers generate(), so the "
-                            "sampling settings did not apply")
+                            "sampling settings did not apply"
+                        )
                     if count > 1 and icpt.calls != 1:
-                        raise RuntimeError(f"{describe(model)} made {icpt.calls} engine calls for one answer; "
-                                           "batched sampling needs exactly one")
+                        raise RuntimeError(
+                            f"{describe(model)} made {icpt.calls} engine calls for one answer; "
+                            "batched sampling needs exactly one"
+                        )
                 except Exception as exc:
                     if icpt.real_calls == 0 or (count > 1 and not out):
                         return [failed(exc, settings) for _ in range(count)]
@@ -202,8 +224,11 @@ def _calls_an_engine(cls: type) -> bool:
         if klass.__name__ in ("BaseModel", "object"):
             break
         module = sys.modules.get(klass.__module__)
-        helpers = [f for f in vars(module).values() if inspect.isfunction(f) and f.__module__ == klass.__module__] \
-            if module is not None else []
+        helpers = (
+            [f for f in vars(module).values() if inspect.isfunction(f) and f.__module__ == klass.__module__]
+            if module is not None
+            else []
+        )
         for obj in (klass, *helpers):
             try:
                 if ENGINE_CALL.search(inspect.getsource(obj)):
@@ -273,8 +298,11 @@ class InternVLAdapter(EngineAdapter):
     def route(self, model: Any) -> Route:
         best_of_n = attr(model, "best_of_n", 1) or 1
         if best_of_n > 1:
-            return Route("unsupported", f"{self.name}: built with best_of_n={best_of_n}, it already runs "
-                                        "VLMEvalKit's own Best-of-N and returns one winner per call; use best_of_n=1")
+            return Route(
+                "unsupported",
+                f"{self.name}: built with best_of_n={best_of_n}, it already runs "
+                "VLMEvalKit's own Best-of-N and returns one winner per call; use best_of_n=1",
+            )
         return super().route(model)
 
     def enable_cot(self, model: Any) -> bool:
@@ -343,15 +371,20 @@ class MiniCPMAdapter(EngineAdapter):
     def route(self, model: Any) -> Route:
         if self.engine(model) == "lmdeploy":
             return super().route(model)
-        return Route("sequential", f"{self.name}: N chat calls, sampling settings set in self.kwargs "
-                                   f"({self.flag}=True, temperature, top_p, top_k)")
+        return Route(
+            "sequential",
+            f"{self.name}: N chat calls, sampling settings set in self.kwargs "
+            f"({self.flag}=True, temperature, top_p, top_k)",
+        )
 
     def check(self, model: Any, dataset: str | None = None) -> None:
         if self.engine(model) == "lmdeploy":
             return super().check(model, dataset)
         if not isinstance(getattr(model, "kwargs", None), dict):
-            raise UnsupportedPolicyError(f"{describe(model)} has no dict attribute 'kwargs' holding its generation "
-                                         f"settings, so the {self.name} adapter cannot switch it to sampling")
+            raise UnsupportedPolicyError(
+                f"{describe(model)} has no dict attribute 'kwargs' holding its generation "
+                f"settings, so the {self.name} adapter cannot switch it to sampling"
+            )
 
     def sample(self, model, message, dataset, n, cfg: SamplingConfig, greedy_first=None, on_sample=None):
         if self.engine(model) == "lmdeploy":

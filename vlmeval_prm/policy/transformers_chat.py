@@ -16,9 +16,16 @@ from vlmeval_prm.policy.base import Route, Sample, SamplingAdapter, SamplingConf
 class TransformersChat(BaseModel):
     INTERLEAVE = False
 
-    def __init__(self, model_path: str, max_new_tokens: int = 256, device: str | None = None,
-                 dtype: str | None = None, system_prompt: str | None = None, trust_remote_code: bool = False,
-                 **generate_kwargs):
+    def __init__(
+        self,
+        model_path: str,
+        max_new_tokens: int = 256,
+        device: str | None = None,
+        dtype: str | None = None,
+        system_prompt: str | None = None,
+        trust_remote_code: bool = False,
+        **generate_kwargs,
+    ):
         super().__init__()
         self.model_path = model_path
         self.model, self.processor = load_model_and_processor(model_path, device, dtype, trust_remote_code)
@@ -47,7 +54,7 @@ class TransformersChat(BaseModel):
             out = self.model.generate(**inputs, num_return_sequences=n, **kwargs)
         bump("policy_generate_calls")
         bump("policy_sequences", n)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     def generate_inner(self, message, dataset=None) -> str:

@@ -63,8 +63,9 @@ def validate_spec(spec: str, options: dict | None = None) -> None:
         params = list(inspect.signature(_backend_class(backend).__init__).parameters)[2:]  # self, target
         unknown = sorted(set(options or {}) - set(params))
         if unknown:
-            raise ValueError(f"the {backend} backend takes no option {', '.join(map(repr, unknown))} "
-                             f"(it takes {', '.join(params)})")
+            raise ValueError(
+                f"the {backend} backend takes no option {', '.join(map(repr, unknown))} (it takes {', '.join(params)})"
+            )
         if (options or {}).get("template") is not None:
             from vlmeval_prm.prm.conversation import chat_template
 
@@ -106,8 +107,12 @@ def _check_servers(target: str, options: dict) -> None:
         try:
             httpx.get(f"{url}/health", timeout=REACHABLE_TIMEOUT)
         except httpx.TransportError as exc:
-            log.warning("PRM server %s does not answer yet (%s); scoring will wait up to %.0fs for it",
-                        url, type(exc).__name__, options.get("startup_timeout", 600.0))
+            log.warning(
+                "PRM server %s does not answer yet (%s); scoring will wait up to %.0fs for it",
+                url,
+                type(exc).__name__,
+                options.get("startup_timeout", 600.0),
+            )
 
 
 #: backend -> check of its target (and options), run by validate_spec.

@@ -34,8 +34,13 @@ class StepScores:
         return self.error is None and self.scores is not None and len(self.scores) == len(self.steps) > 0
 
     def to_record(self) -> dict:
-        return {"steps": self.steps, "step_scores": self.scores, "error": self.error,
-                "bounds": self.bounds, "meta": self.meta}
+        return {
+            "steps": self.steps,
+            "step_scores": self.scores,
+            "error": self.error,
+            "bounds": self.bounds,
+            "meta": self.meta,
+        }
 
 
 def failed(steps: list[str], error: str, transient: bool = False) -> StepScores:
@@ -63,9 +68,9 @@ class PRMScorer(abc.ABC):
     identity: str
 
     @abc.abstractmethod
-    def score(self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]],
-              mode: str = "step") -> list[StepScores]:
-        ...
+    def score(
+        self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]], mode: str = "step"
+    ) -> list[StepScores]: ...
 
     def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)
         """Release connections or memory; default does nothing."""

@@ -94,13 +94,16 @@ def chat_template(spec: str | dict | ChatTemplate | None) -> ChatTemplate:
         return spec
     if isinstance(spec, str):
         if spec not in TEMPLATES:
-            raise ValueError(f"unknown PRM chat template {spec!r}; use one of {sorted(TEMPLATES)} or a dict "
-                             f"with the fields {[f.name for f in fields(ChatTemplate)]}")
+            raise ValueError(
+                f"unknown PRM chat template {spec!r}; use one of {sorted(TEMPLATES)} or a dict "
+                f"with the fields {[f.name for f in fields(ChatTemplate)]}"
+            )
         return TEMPLATES[spec]
     unknown = set(spec) - {f.name for f in fields(ChatTemplate)}
     if unknown:
-        raise ValueError(f"unknown chat template fields {sorted(unknown)}; "
-                         f"expected {[f.name for f in fields(ChatTemplate)]}")
+        raise ValueError(
+            f"unknown chat template fields {sorted(unknown)}; expected {[f.name for f in fields(ChatTemplate)]}"
+        )
     return ChatTemplate(**spec)
 
 
@@ -128,22 +131,28 @@ def build_conversation(question: str, steps: Sequence[str], n_images: int, fmt: 
         raise ValueError("a candidate with no steps cannot be scored")
     turns = [Turn("system", (fmt.system_prompt,))] if fmt.system_prompt else []
     for i, step in enumerate(steps):
-        parts = ("### Question:\n", *image_parts(n_images), f"{question}\n\n### Solution Process:\n{step}") \
-            if i == 0 else (step,)
+        parts = (
+            ("### Question:\n", *image_parts(n_images), f"{question}\n\n### Solution Process:\n{step}")
+            if i == 0
+            else (step,)
+        )
         turns += [Turn("user", parts), Turn("assistant", (fmt.good_token,))]
     return turns
 
 
-def render_prompt(question: str, steps: Sequence[str], n_images: int, fmt: PRMFormat,
-                  image: str = INTERNVL_IMAGE + "\n") -> str:
+def render_prompt(
+    question: str, steps: Sequence[str], n_images: int, fmt: PRMFormat, image: str = INTERNVL_IMAGE + "\n"
+) -> str:
     """The whole scoring conversation as text in ``fmt.template``."""
     return fmt.template.render(build_conversation(question, steps, n_images, fmt), image)
 
 
 def build_messages(question: str, steps: Sequence[str], n_images: int, fmt: PRMFormat) -> list[dict]:
     """HF chat messages (content parts) for ``processor.apply_chat_template``."""
-    return [{"role": t.role, "content": [{"type": "image"} if p is IMAGE else {"type": "text", "text": p}
-                                         for p in t.parts]} for t in build_conversation(question, steps, n_images, fmt)]
+    return [
+        {"role": t.role, "content": [{"type": "image"} if p is IMAGE else {"type": "text", "text": p} for p in t.parts]}
+        for t in build_conversation(question, steps, n_images, fmt)
+    ]
 
 
 def chat_messages(turns: Sequence[Turn], image_urls: Sequence[str]) -> list[dict]:
@@ -153,8 +162,10 @@ def chat_messages(turns: Sequence[Turn], image_urls: Sequence[str]) -> list[dict
     out = []
     for t in turns:
         if any(p is IMAGE for p in t.parts):
-            content = [{"type": "image_url", "image_url": {"url": next(urls)}} if p is IMAGE
-                       else {"type": "text", "text": p} for p in t.parts]
+            content = [
+                {"type": "image_url", "image_url": {"url": next(urls)}} if p is IMAGE else {"type": "text", "text": p}
+                for p in t.parts
+            ]
         else:
             content = "".join(t.parts)
         out.append({"role": t.role, "content": content})

@@ -73,8 +73,10 @@ def label_pattern(tokenizer, header: str, good: str) -> list[int]:
     ids = tokenizer.encode(header + good, add_special_tokens=False)
     good_ids = tokenizer.encode(good, add_special_tokens=False)
     if len(good_ids) != 1 or ids[-1:] != good_ids:
-        raise ValueError(f"the PRM tokenizer does not keep {good!r} as one token after the assistant header "
-                         f"{header!r}; a one-token label is required")
+        raise ValueError(
+            f"the PRM tokenizer does not keep {good!r} as one token after the assistant header "
+            f"{header!r}; a one-token label is required"
+        )
     return ids
 
 
@@ -134,8 +136,9 @@ class _NativeInputs:
 
     def __init__(self, path: str, fmt: PRMFormat, device, dtype, trust_remote_code, attn_implementation):
         self.fmt = fmt
-        self.model, self.processor = load_model_and_processor(path, device, dtype, bool(trust_remote_code),
-                                                              attn_implementation)
+        self.model, self.processor = load_model_and_processor(
+            path, device, dtype, bool(trust_remote_code), attn_implementation
+        )
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.pattern = label_pattern(self.tokenizer, self._assistant_header(), fmt.good_token)
 
@@ -146,7 +149,7 @@ class _NativeInputs:
         without = self.processor.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
         if not with_prompt.startswith(without) or with_prompt == without:
             raise ValueError("cannot find the assistant header of the PRM's chat template")
-        return with_prompt[len(without):]
+        return with_prompt[len(without) :]
 
     def render(self, question: str, steps: list[str], n_images: int) -> str:
         messages = build_messages(question, steps, n_images, self.fmt)
@@ -167,8 +170,11 @@ class _NativeInputs:
     def can_share(self) -> str | None:
         """None when the prefix can be shared, else why not."""
         kind = self.model.config.model_type
-        return None if kind in SHARED_PREFIX_MODEL_TYPES else \
-            f"model type {kind!r} is not among those known to score the same from a shared prefix"
+        return (
+            None
+            if kind in SHARED_PREFIX_MODEL_TYPES
+            else f"model type {kind!r} is not among those known to score the same from a shared prefix"
+        )
 
     @property
     def image_token_id(self) -> int | None:
@@ -190,7 +196,7 @@ class _NativeInputs:
                 continue
             if value.shape[0] % len(texts):
                 raise ValueError(f"the processor's {key!r} does not split into {len(texts)} equal rows")
-            one[key] = value[:value.shape[0] // len(texts)]
+            one[key] = value[: value.shape[0] // len(texts)]
         return rows, one
 
     def prefill(self, prefix, image_inputs: dict):
@@ -198,8 +204,9 @@ class _NativeInputs:
 
     def extend(self, cache, input_ids, attention_mask):
         base = self.model.base_model
-        return base(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                    **_with_cache(base, cache)).last_hidden_state
+        return base(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **_with_cache(base, cache)
+        ).last_hidden_state
 
 
 class _InternVLRemoteInputs:
@@ -232,8 +239,10 @@ class _InternVLRemoteInputs:
     def expand(self, text: str, counts: list[int]) -> str:
         """Each ``<image>`` in order -> <img> + <IMG_CONTEXT> x (num_image_token x its tiles) + </img>."""
         if text.count(INTERNVL_IMAGE) != len(counts):
-            raise ValueError(f"{text.count(INTERNVL_IMAGE)} image placeholders for {len(counts)} images "
-                             f"(does the question contain {INTERNVL_IMAGE!r}?)")
+            raise ValueError(
+                f"{text.count(INTERNVL_IMAGE)} image placeholders for {len(counts)} images "
+                f"(does the question contain {INTERNVL_IMAGE!r}?)"
+            )
         for n in counts:
             text = text.replace(INTERNVL_IMAGE, IMG_START + IMG_CONTEXT * self.num_image_token * n + IMG_END, 1)
         return text
@@ -241,8 +250,9 @@ class _InternVLRemoteInputs:
     def encode(self, texts: list[str], images) -> dict:
         torch = self._torch
         tiles, counts = images if images else ([], [])
-        enc = self.tokenizer([self.expand(t, counts) for t in texts], return_tensors="pt", padding=True,
-                             padding_side="right")
+        enc = self.tokenizer(
+            [self.expand(t, counts) for t in texts], return_tensors="pt", padding=True, padding_side="right"
+        )
         dtype = next(self.model.parameters()).dtype
         if tiles:
             pixel_values = torch.cat([torch.cat(tiles)] * len(texts))
@@ -251,8 +261,12 @@ class _InternVLRemoteInputs:
             pixel_values = torch.zeros(1, 3, self.image_size, self.image_size)
             flags = torch.zeros(1, 1, dtype=torch.long)
         device = self.model.device
-        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
-                "pixel_values": pixel_values.to(device, dtype), "image_flags": flags.to(device)}
+        return {
+            "input_ids": enc["input_ids"].to(device),
+            "attention_mask": enc["attention_mask"].to(device),
+            "pixel_values": pixel_values.to(device, dtype),
+            "image_flags": flags.to(device),
+        }
 
     # -- shared prefix: ``language_model`` (its decoder, then its head), fed as InternVLChatModel.forward feeds it
 
@@ -281,8 +295,11 @@ class _InternVLRemoteInputs:
         embeds = lm.get_input_embeddings()(prefix[None])
         selected = prefix == self.context_id
         tiles = image_inputs["tiles"]
-        vit = self.model.extract_feature(torch.cat(tiles).to(device, embeds.dtype)).reshape(-1, embeds.shape[-1]) \
-            if tiles else embeds[0, :0]
+        vit = (
+            self.model.extract_feature(torch.cat(tiles).to(device, embeds.dtype)).reshape(-1, embeds.shape[-1])
+            if tiles
+            else embeds[0, :0]
+        )
         if vit.shape[0] != int(selected.sum()):
             raise ValueError(f"{int(selected.sum())} image tokens in the prefix for {vit.shape[0]} tile embeddings")
         embeds[0, selected] = vit.to(embeds.dtype)
@@ -290,8 +307,9 @@ class _InternVLRemoteInputs:
 
     def extend(self, cache, input_ids, attention_mask):
         decoder = self.model.language_model.get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                       **_with_cache(decoder, cache)).last_hidden_state
+        return decoder(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **_with_cache(decoder, cache)
+        ).last_hidden_state
 
 
 class TransformersPRM(PRMScorer):
@@ -308,10 +326,20 @@ class TransformersPRM(PRMScorer):
     full. ``kv_budget_mb``: memory the expanded KV caches of one shared-prefix batch may take.
     """
 
-    def __init__(self, path: str, system_prompt: str | None = PRM_SYSTEM_PROMPT, template: str | dict | None = None,
-                 batch_size: int = 8, device: str | None = None, dtype: str | None = None,
-                 trust_remote_code: bool | None = None, attn_implementation: str | None = None,
-                 max_num: int = INTERNVL_MAX_TILES, share_prefix: bool = True, kv_budget_mb: float = KV_BUDGET_MB):
+    def __init__(
+        self,
+        path: str,
+        system_prompt: str | None = PRM_SYSTEM_PROMPT,
+        template: str | dict | None = None,
+        batch_size: int = 8,
+        device: str | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool | None = None,
+        attn_implementation: str | None = None,
+        max_num: int = INTERNVL_MAX_TILES,
+        share_prefix: bool = True,
+        kv_budget_mb: float = KV_BUDGET_MB,
+    ):
         import torch
 
         if batch_size < 1 or kv_budget_mb <= 0:
@@ -319,21 +347,29 @@ class TransformersPRM(PRMScorer):
         self._torch = torch
         self.identity = f"transformers:{path}"
         self.batch_size = batch_size
-        self.kv_budget = kv_budget_mb * 2 ** 20
+        self.kv_budget = kv_budget_mb * 2**20
         config = checkpoint_config(path)
         if uses_remote_code(config):
             if trust_remote_code is False:
-                raise ValueError(f"{path} needs its own modelling code ({config.get('auto_map')}); "
-                                 "run with trust_remote_code=True (or leave it unset) to load it")
+                raise ValueError(
+                    f"{path} needs its own modelling code ({config.get('auto_map')}); "
+                    "run with trust_remote_code=True (or leave it unset) to load it"
+                )
             name = template if template is not None else config.get("template")
-            log.info("loading %s with its own modelling code (trust_remote_code; %s template, %d tiles per image)",
-                     path, name, max_num)
+            log.info(
+                "loading %s with its own modelling code (trust_remote_code; %s template, %d tiles per image)",
+                path,
+                name,
+                max_num,
+            )
             self.fmt = PRMFormat(system_prompt=system_prompt, template=chat_template(name))
             self.inputs = _InternVLRemoteInputs(path, self.fmt, device, dtype, max_num)
         else:
             if template is not None:
-                raise ValueError(f"{path} is rendered with its own chat template; the template option applies "
-                                 "to remote-code checkpoints and LMDeploy /generate prompts only")
+                raise ValueError(
+                    f"{path} is rendered with its own chat template; the template option applies "
+                    "to remote-code checkpoints and LMDeploy /generate prompts only"
+                )
             self.fmt = PRMFormat(system_prompt=system_prompt)
             self.inputs = _NativeInputs(path, self.fmt, device, dtype, trust_remote_code, attn_implementation)
         self.model, self.tokenizer = self.inputs.model, self.inputs.tokenizer
@@ -348,14 +384,15 @@ class TransformersPRM(PRMScorer):
     def placeholder_positions(self, input_ids: Sequence[int]) -> list[int]:
         """Positions of every assistant "+" placeholder (the last token of each header + label match)."""
         p, ids = self.inputs.pattern, list(input_ids)
-        return [i + len(p) - 1 for i in range(len(ids) - len(p) + 1) if ids[i:i + len(p)] == p]
+        return [i + len(p) - 1 for i in range(len(ids) - len(p) + 1) if ids[i : i + len(p)] == p]
 
     def render(self, question: str, steps: list[str], n_images: int) -> str:
         """The conversation text the model sees (images as their placeholders, not yet expanded)."""
         return self.inputs.render(question, steps, n_images)
 
-    def score(self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]],
-              mode: str = "step") -> list[StepScores]:
+    def score(
+        self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]], mode: str = "step"
+    ) -> list[StepScores]:
         steps_list, results = prepare(candidates, mode)
         todo = [i for i, r in enumerate(results) if r is None]
         try:
@@ -372,7 +409,7 @@ class TransformersPRM(PRMScorer):
                 results[i] = res
             todo = [i for i in todo if results[i] is None]
         for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
+            batch = todo[start : start + self.batch_size]
             try:
                 scored = self._forward(question, loaded, len(images), [steps_list[i] for i in batch])
             except Exception as exc:  # isolate the candidate that broke the batch
@@ -382,8 +419,13 @@ class TransformersPRM(PRMScorer):
                     try:
                         scored += self._forward(question, loaded, len(images), [steps_list[i]])
                     except Exception as one_exc:
-                        scored.append(failed(steps_list[i], f"PRM forward failed: {one_exc}",
-                                             transient=isinstance(one_exc, self._torch.OutOfMemoryError)))
+                        scored.append(
+                            failed(
+                                steps_list[i],
+                                f"PRM forward failed: {one_exc}",
+                                transient=isinstance(one_exc, self._torch.OutOfMemoryError),
+                            )
+                        )
             for i, res in zip(batch, scored):
                 results[i] = res
         return results  # type: ignore[return-value]
@@ -412,8 +454,7 @@ class TransformersPRM(PRMScorer):
             out.append(StepScores(steps=steps, scores=torch.softmax(pair, dim=-1)[:, 0].tolist()))
         return out
 
-    def _score_shared(self, question: str, images, n_images: int,
-                      batch: list[list[str]]) -> list[StepScores | None]:
+    def _score_shared(self, question: str, images, n_images: int, batch: list[list[str]]) -> list[StepScores | None]:
         """Score ``batch`` from one prefill of the prefix its candidates share. None marks a candidate
         left to the unshared path (the prefix cannot serve it, or its suffix batch failed)."""
         torch = self._torch
@@ -438,8 +479,9 @@ class TransformersPRM(PRMScorer):
         if len(shareable) < 2:
             return out
         with torch.inference_mode():
-            cache = self.inputs.prefill(torch.tensor(rows[shareable[0]][:prefix], device=self.model.device),
-                                        image_inputs)
+            cache = self.inputs.prefill(
+                torch.tensor(rows[shareable[0]][:prefix], device=self.model.device), image_inputs
+            )
         bump("prm_forward_passes")
         bump("prm_prefill_tokens", prefix)
         per_row_token = cache_bytes(cache) / prefix
@@ -466,8 +508,8 @@ class TransformersPRM(PRMScorer):
         mask = torch.zeros(len(rows), prefix + width, dtype=torch.long)
         mask[:, :prefix] = 1
         for j, row in enumerate(rows):
-            ids[j, :len(row) - prefix] = torch.tensor(row[prefix:])
-            mask[j, prefix:len(row)] = 1
+            ids[j, : len(row) - prefix] = torch.tensor(row[prefix:])
+            mask[j, prefix : len(row)] = 1
         device = self.model.device
         with torch.inference_mode():
             hidden = self.inputs.extend(expand_cache(cache, len(rows)), ids.to(device), mask.to(device))

@@ -197,10 +197,18 @@ def _mathvista_vote(line: pd.Series) -> VoteContext:
     return VoteContext("VQA", None, 0 if kind == "integer" else _precision(line.get("precision")))
 
 
-register(Benchmark(
-    name="MathVista", classes=("MathVista",), score=_mathvista_score, verdict=_mathvista_verdict,
-    metrics=lambda rows: [_mean(rows)], vote=_mathvista_vote,
-    failed=_log_says("log", text=_RETRIES_FAILED), judge_options={"max_tokens": 128}))
+register(
+    Benchmark(
+        name="MathVista",
+        classes=("MathVista",),
+        score=_mathvista_score,
+        verdict=_mathvista_verdict,
+        metrics=lambda rows: [_mean(rows)],
+        vote=_mathvista_vote,
+        failed=_log_says("log", text=_RETRIES_FAILED),
+        judge_options={"max_tokens": 128},
+    )
+)
 
 
 # -- MathVision (image_vqa.py MathVision.evaluate_heuristic, utils/mathv.py) -----------------------
@@ -216,10 +224,18 @@ def _mathv_verdict(line: pd.Series, result: dict) -> bool:
     return bool(post_check(_with(line, res=result["res"]), prefetch=False))
 
 
-register(Benchmark(
-    name="MathVision", classes=("MathVision",), score=_mathv_score, verdict=_mathv_verdict,
-    metrics=lambda rows: [_mean(rows)], vote=lambda line: VoteContext("VQA", _choice_list(line.get("choices"))),
-    failed=_log_says("log", text=_RETRIES_FAILED), judge_options={"max_tokens": 128}))
+register(
+    Benchmark(
+        name="MathVision",
+        classes=("MathVision",),
+        score=_mathv_score,
+        verdict=_mathv_verdict,
+        metrics=lambda rows: [_mean(rows)],
+        vote=lambda line: VoteContext("VQA", _choice_list(line.get("choices"))),
+        failed=_log_says("log", text=_RETRIES_FAILED),
+        judge_options={"max_tokens": 128},
+    )
+)
 
 
 # -- MathVerse (image_vqa.py MathVerse.evaluate: extract, then score; utils/mathverse.py) ----------
@@ -237,11 +253,18 @@ def _mathverse_vote(line: pd.Series) -> VoteContext:
     return VoteContext("VQA")
 
 
-register(Benchmark(
-    name="MathVerse", classes=("MathVerse",), score=_mathverse_score,
-    verdict=lambda line, result: bool(result["score"]),  # MathVerse_acc averages 'score'
-    metrics=lambda rows: [_mean(rows)], vote=_mathverse_vote,
-    failed=_log_says("log_extract", "log_score", text=_RETRIES_FAILED), judge_options={"max_tokens": 128}))
+register(
+    Benchmark(
+        name="MathVerse",
+        classes=("MathVerse",),
+        score=_mathverse_score,
+        verdict=lambda line, result: bool(result["score"]),  # MathVerse_acc averages 'score'
+        metrics=lambda rows: [_mean(rows)],
+        vote=_mathverse_vote,
+        failed=_log_says("log_extract", "log_score", text=_RETRIES_FAILED),
+        judge_options={"max_tokens": 128},
+    )
+)
 
 
 # -- DynaMath (vlmeval/dataset/dynamath.py: DynaMath_auxeval, Dynamath.evaluate) ------------------
@@ -262,12 +285,16 @@ def _dynamath_metrics(rows: pd.DataFrame) -> list[Metric]:
     members: dict = {k: [] for k in keys}
     for r, qid in enumerate(rows["qid"]):
         if qid not in members:
-            raise BenchmarkFormatError(f"DynaMath row {rows['index'].iloc[r]}: qid {qid} is not the index of a "
-                                       f"varid 1 row, which VLMEvalKit's worst case requires")
+            raise BenchmarkFormatError(
+                f"DynaMath row {rows['index'].iloc[r]}: qid {qid} is not the index of a "
+                f"varid 1 row, which VLMEvalKit's worst case requires"
+            )
         members[qid].append(r)
     worst = tuple(tuple(members[q]) for q in rows.loc[rows["varid"] == 1, "qid"])
-    return [Metric("worst_case", worst, note="a seed question counts only if all its variants are right"),
-            _mean(rows, "average")]
+    return [
+        Metric("worst_case", worst, note="a seed question counts only if all its variants are right"),
+        _mean(rows, "average"),
+    ]
 
 
 def _dynamath_vote(line: pd.Series) -> VoteContext:
@@ -277,10 +304,17 @@ def _dynamath_vote(line: pd.Series) -> VoteContext:
     return VoteContext("VQA", None, DYNAMATH_FLOAT_DIGITS if kind == "float" else None)
 
 
-register(Benchmark(
-    name="DynaMath", classes=("Dynamath",), score=_dynamath_score,
-    verdict=lambda line, result: bool(result["correct"]), metrics=_dynamath_metrics, vote=_dynamath_vote,
-    system_prompt=DYNAMATH_SYSTEM_PROMPT))
+register(
+    Benchmark(
+        name="DynaMath",
+        classes=("Dynamath",),
+        score=_dynamath_score,
+        verdict=lambda line, result: bool(result["correct"]),
+        metrics=_dynamath_metrics,
+        vote=_dynamath_vote,
+        system_prompt=DYNAMATH_SYSTEM_PROMPT,
+    )
+)
 
 
 # -- LogicVista (image_vqa.py LogicVista.evaluate, utils/logicvista.py) ---------------------------
@@ -290,11 +324,18 @@ def _logicvista_score(judge, line: pd.Series, dataset_name: str) -> dict:
     return LogicVista_auxeval(judge, line)
 
 
-register(Benchmark(
-    name="LogicVista", classes=("LogicVista",), score=_logicvista_score,
-    verdict=lambda line, result: bool(result["hit"]),  # evaluate_logicvista sums 'hit'
-    metrics=lambda rows: [_mean(rows)], vote=lambda line: VoteContext("MCQ"),
-    failed=_log_says("log", text=_RETRIES_FAILED), judge_options={"max_tokens": 128}))
+register(
+    Benchmark(
+        name="LogicVista",
+        classes=("LogicVista",),
+        score=_logicvista_score,
+        verdict=lambda line, result: bool(result["hit"]),  # evaluate_logicvista sums 'hit'
+        metrics=lambda rows: [_mean(rows)],
+        vote=lambda line: VoteContext("MCQ"),
+        failed=_log_says("log", text=_RETRIES_FAILED),
+        judge_options={"max_tokens": 128},
+    )
+)
 
 
 # -- multiple choice through mcq_vanilla_eval / mcq_circular_eval (utils/multiple_choice.py) --------
@@ -339,8 +380,14 @@ def _mcq_vote(line: pd.Series) -> VoteContext:
     return VoteContext("MCQ", _option_columns(line))
 
 
-_MCQ = {"score": _mcq_score, "verdict": lambda line, result: int(result["hit"]) == 1, "vote": _mcq_vote,
-        "prepare": _mcq_rows, "failed": _log_says("log", text=_RANDOM_OPTION), "judge_required": False}
+_MCQ = {
+    "score": _mcq_score,
+    "verdict": lambda line, result: int(result["hit"]) == 1,
+    "vote": _mcq_vote,
+    "prepare": _mcq_rows,
+    "failed": _log_says("log", text=_RANDOM_OPTION),
+    "judge_required": False,
+}
 
 register(Benchmark(name="MMMU", classes=("MMMUDataset",), metrics=_mmmu_metrics, **_MCQ))
 
@@ -365,8 +412,11 @@ def _circular_metrics(rows: pd.DataFrame) -> list[Metric]:
     return [Metric("circular_accuracy", groups, note="a question counts only if all its rotations are right")]
 
 
-register(Benchmark(name="CircularMCQ", classes=("ImageMCQDataset",), metrics=_circular_metrics,
-                   name_filter=_is_circular, **_MCQ))
+register(
+    Benchmark(
+        name="CircularMCQ", classes=("ImageMCQDataset",), metrics=_circular_metrics, name_filter=_is_circular, **_MCQ
+    )
+)
 
 
 # -- WeMath (image_mcq.py WeMath.evaluate, utils/wemath.py) ---------------------------------------
@@ -410,8 +460,9 @@ def _wemath_penalties(steps: int) -> dict[str, dict[tuple[bool, ...], float]]:
     cols = [f"joker_{i}" for i in range(1, steps + 1)] + ["joker_multi"]
     frame = pd.DataFrame(patterns, columns=cols).assign(pattern=range(len(patterns)))
     other = 3 if steps == 2 else 2
-    empty = pd.DataFrame({c: pd.Series(dtype=bool) for c in
-                          [f"joker_{i}" for i in range(1, other + 1)] + ["joker_multi"]})
+    empty = pd.DataFrame(
+        {c: pd.Series(dtype=bool) for c in [f"joker_{i}" for i in range(1, other + 1)] + ["joker_multi"]}
+    )
     found = evaluate_calculate_metrics(frame, empty) if steps == 2 else evaluate_calculate_metrics(empty, frame)
 
     def hits(category: str) -> set[int]:
@@ -452,14 +503,32 @@ def _wemath_metrics(rows: pd.DataFrame) -> list[Metric]:
                 raise BenchmarkFormatError(f"WeMath {steps}-step problem {values} lacks one of its rows")
             groups.append(tuple(int(v) for v in values))
     slope = -len(groups) / WEMATH_TOTAL
-    return [Metric(f"score_{mode}", tuple(groups), group_value=lambda m, mode=mode: _expected_penalty(mode, m),
-                   offset=1.0, slope=slope, note=f"(525 - 0.5 IG - RM_{mode} - IK) / 525")
-            for mode in ("strict", "loose")]
+    return [
+        Metric(
+            f"score_{mode}",
+            tuple(groups),
+            group_value=lambda m, mode=mode: _expected_penalty(mode, m),
+            offset=1.0,
+            slope=slope,
+            note=f"(525 - 0.5 IG - RM_{mode} - IK) / 525",
+        )
+        for mode in ("strict", "loose")
+    ]
 
 
-register(Benchmark(
-    name="WeMath", classes=("WeMath",), score=_wemath_score, verdict=_wemath_verdict, metrics=_wemath_metrics,
-    vote=_mcq_vote, prepare=_wemath_rows, failed=_log_says("log", text=_RANDOM_OPTION), judge_required=False))
+register(
+    Benchmark(
+        name="WeMath",
+        classes=("WeMath",),
+        score=_wemath_score,
+        verdict=_wemath_verdict,
+        metrics=_wemath_metrics,
+        vote=_mcq_vote,
+        prepare=_wemath_rows,
+        failed=_log_says("log", text=_RANDOM_OPTION),
+        judge_required=False,
+    )
+)
 
 #: The paper's order of the seven (VisualPRM Table 2; FACTS section 2).
 PAPER_ORDER = ("MMMU", "MathVista", "MathVision", "MathVerse", "DynaMath", "WeMath", "LogicVista")

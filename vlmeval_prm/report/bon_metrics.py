@@ -41,8 +41,9 @@ class Estimate:
     dropped_groups: int  # groups with a row without any candidate of known correctness
 
 
-def row_curves(samples: Sequence[SampleCandidates], strategy: str, ks: Sequence[int],
-               mc: MonteCarlo | None = None) -> tuple[np.ndarray, np.ndarray]:
+def row_curves(
+    samples: Sequence[SampleCandidates], strategy: str, ks: Sequence[int], mc: MonteCarlo | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(p, draws), both rows x ks: a row's expected correctness at each k (NaN: no candidate with
     known correctness; k above a row's pool size is scored at the pool size, as ``bon_curve`` does)
     and the Monte Carlo draws behind it (0: exact)."""
@@ -60,8 +61,12 @@ def row_curves(samples: Sequence[SampleCandidates], strategy: str, ks: Sequence[
 
 def first_candidate(samples: Sequence[SampleCandidates]) -> np.ndarray:
     """Pass@1 per row: the first stored candidate's correctness (NaN: absent or unknown)."""
-    return np.array([float(s.candidates[0].correct) if s.candidates and s.candidates[0].correct is not None
-                     else np.nan for s in samples])
+    return np.array(
+        [
+            float(s.candidates[0].correct) if s.candidates and s.candidates[0].correct is not None else np.nan
+            for s in samples
+        ]
+    )
 
 
 def estimate(metric: Metric, p: np.ndarray, draws: np.ndarray | None = None) -> Estimate:

@@ -63,8 +63,10 @@ def prediction_file(work_dir: str, model_name: str, dataset_name: str) -> str:
     for path in (preferred, *others):
         if os.path.exists(path):
             return path
-    raise ReportError(f"no prediction file {preferred} (or .tsv/.json): run vlmeval.run for {model_name} x "
-                      f"{dataset_name} with --work-dir {work_dir} first")
+    raise ReportError(
+        f"no prediction file {preferred} (or .tsv/.json): run vlmeval.run for {model_name} x "
+        f"{dataset_name} with --work-dir {work_dir} first"
+    )
 
 
 def run_judge(work_dir: str, model_name: str, dataset_name: str) -> str:
@@ -91,14 +93,25 @@ def _outcome_score(rec: ScoreRecord | None) -> float | None:
     return scores[0] if scores is not None and len(scores) == 1 else None
 
 
-def store_candidate(entry: SampleRecords, i: int, prm: str | None, correct: bool | None, dataset_type: str,
-                    choices: dict | None, precision: int | None = None) -> Candidate:
+def store_candidate(
+    entry: SampleRecords,
+    i: int,
+    prm: str | None,
+    correct: bool | None,
+    dataset_type: str,
+    choices: dict | None,
+    precision: int | None = None,
+) -> Candidate:
     """Candidate i of a stored sample as the strategies see it: its vote key from the one normaliser
     (``answers.extract_answer``), and its PRM and ORM scores only where ``ScoreRecord.usable``."""
     text, step = entry.text(i), entry.score(i, prm, "step") if prm else None
-    return Candidate(text=text, answer=extract_answer(text, dataset_type, choices, precision) if text else None,
-                     correct=correct, step_scores=step.scores if step is not None else None,
-                     outcome_score=_outcome_score(entry.score(i, prm, "outcome")) if prm else None)
+    return Candidate(
+        text=text,
+        answer=extract_answer(text, dataset_type, choices, precision) if text else None,
+        correct=correct,
+        step_scores=step.scores if step is not None else None,
+        outcome_score=_outcome_score(entry.score(i, prm, "outcome")) if prm else None,
+    )
 
 
 def _build_dataset(dataset_name: str):
@@ -114,12 +127,15 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
     """Every question of the run with its candidates, judged, parsed and scored (see ``load_run``)."""
     from vlmeval.smp import load
 
-    judge_kwargs = dict(judge_kwargs or {"model": run_judge(work_dir, model_name, dataset_name),
-                                         "nproc": DEFAULT_NPROC})
+    judge_kwargs = dict(
+        judge_kwargs or {"model": run_judge(work_dir, model_name, dataset_name), "nproc": DEFAULT_NPROC}
+    )
     table = load(prediction_file(work_dir, model_name, dataset_name))
     if "extra_records" not in table:
-        raise ReportError(f"{model_name} x {dataset_name}: the prediction file has no extra_records column; "
-                          f"was the run made with a Best-of-N model (a '-BoN<N>' name)?")
+        raise ReportError(
+            f"{model_name} x {dataset_name}: the prediction file has no extra_records column; "
+            f"was the run made with a Best-of-N model (a '-BoN<N>' name)?"
+        )
     store_path = store_file(pred_root(work_dir, model_name), model_name, dataset_name)
     if not os.path.exists(store_path):
         raise ReportError(f"no candidate store {store_path}")
@@ -136,13 +152,18 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
     dataset = _build_dataset(dataset_name)
     dataset_type = str(dataset.TYPE)
     texts = [[e.text(i) if e else None for e in entries] for i in range(n)]
-    correct = judge_candidates(dataset, table, texts, os.path.join(pred_root(work_dir, model_name), "bon_report"),
-                               model_name, judge_kwargs)
+    correct = judge_candidates(
+        dataset, table, texts, os.path.join(pred_root(work_dir, model_name), "bon_report"), model_name, judge_kwargs
+    )
     votes = vote_contexts(dataset, table)  # options by letter, numbers at the dataset's precision
 
-    notes = {"rows": len(table), "rows_without_summary": sum(s is None for s in summaries),
-             "rows_not_in_store": sum(s is not None and e is None for s, e in zip(summaries, entries)),
-             "rows_with_fewer_than_n": 0, "candidates_without_text": 0}
+    notes = {
+        "rows": len(table),
+        "rows_without_summary": sum(s is None for s in summaries),
+        "rows_not_in_store": sum(s is not None and e is None for s, e in zip(summaries, entries)),
+        "rows_with_fewer_than_n": 0,
+        "candidates_without_text": 0,
+    }
     samples = []
     for r, (summary, entry) in enumerate(zip(summaries, entries)):
         if entry is None:  # no candidates at all: bon_curve drops the question, and says so
@@ -152,15 +173,24 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
         notes["rows_with_fewer_than_n"] += len(present) < n
         notes["candidates_without_text"] += sum(entry.text(i) is None for i in present)
         vote = votes[r]
-        samples.append(SampleCandidates(key=summary.key, candidates=[
-            store_candidate(entry, i, summary.prm, correct[i][r], vote.dataset_type, vote.choices, vote.precision)
-            for i in present]))
+        samples.append(
+            SampleCandidates(
+                key=summary.key,
+                candidates=[
+                    store_candidate(
+                        entry, i, summary.prm, correct[i][r], vote.dataset_type, vote.choices, vote.precision
+                    )
+                    for i in present
+                ],
+            )
+        )
     prms = sorted({s.prm for s in summaries if s and s.prm})
     return RunData(samples=samples, n=n, dataset_type=dataset_type, prm=prms, notes=notes)
 
 
-def load_run(work_dir: str, model_name: str, dataset_name: str,
-             judge_kwargs: dict | None = None) -> list[SampleCandidates]:
+def load_run(
+    work_dir: str, model_name: str, dataset_name: str, judge_kwargs: dict | None = None
+) -> list[SampleCandidates]:
     """One ``SampleCandidates`` per row of the run's prediction file, in file order.
 
     Candidates are the stored ones (index order) with: correctness judged by the dataset's own
@@ -179,15 +209,23 @@ def _strategies(samples: Sequence[SampleCandidates]) -> list[str] | None:
 
 def _print_notes(run: RunData, out: TextIO) -> None:
     notes = run.notes
-    print(f"{notes['rows']} questions, N = {run.n}, type {run.dataset_type}, PRM {', '.join(run.prm) or '-'}; "
-          f"{notes['rows_without_summary']} without a BoN summary and {notes['rows_not_in_store']} missing from "
-          f"the candidate store (dropped), {notes['rows_with_fewer_than_n']} with fewer than N candidates, "
-          f"{notes['candidates_without_text']} candidates without text (correctness unknown)", file=out)
+    print(
+        f"{notes['rows']} questions, N = {run.n}, type {run.dataset_type}, PRM {', '.join(run.prm) or '-'}; "
+        f"{notes['rows_without_summary']} without a BoN summary and {notes['rows_not_in_store']} missing from "
+        f"the candidate store (dropped), {notes['rows_with_fewer_than_n']} with fewer than N candidates, "
+        f"{notes['candidates_without_text']} candidates without text (correctness unknown)",
+        file=out,
+    )
 
 
-def report(runs: Sequence[tuple[str, str, str]], ks: Sequence[int] | None = None, judge: str | None = None,
-           judge_kwargs: dict | None = None, strategies: Sequence[str] | None = None,
-           file: TextIO | None = None) -> dict:
+def report(
+    runs: Sequence[tuple[str, str, str]],
+    ks: Sequence[int] | None = None,
+    judge: str | None = None,
+    judge_kwargs: dict | None = None,
+    strategies: Sequence[str] | None = None,
+    file: TextIO | None = None,
+) -> dict:
     """For each ``(work_dir, model, dataset)``: judge, build the BoN table, write and print it.
 
     ``ks`` default: ``default_ks(N)``; ``judge`` default: the judge the run used; ``judge_kwargs``
@@ -219,6 +257,14 @@ def report(runs: Sequence[tuple[str, str, str]], ks: Sequence[int] | None = None
         print_report(table, exclusions, file=out)
         for kind, path in paths.items():
             print(f"{kind}: {path}", file=out)
-        results[run_id] = {"run": run, "table": table, "exclusions": exclusions, "paths": paths, "n": run.n,
-                           "prm": run.prm, "judge": kwargs["model"], "notes": run.notes}
+        results[run_id] = {
+            "run": run,
+            "table": table,
+            "exclusions": exclusions,
+            "paths": paths,
+            "n": run.n,
+            "prm": run.prm,
+            "judge": kwargs["model"],
+            "notes": run.notes,
+        }
     return results

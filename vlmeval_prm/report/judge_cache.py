@@ -84,8 +84,13 @@ class JudgeCache:
                         break  # torn final line
                     try:
                         rec = json.loads(raw)
-                        self._items[rec["key"]] = Judged(rec["result"], bool(rec["failed"]), rec.get("error"),
-                                                         int(rec.get("judge_calls", 0)), rec.get("correct"))
+                        self._items[rec["key"]] = Judged(
+                            rec["result"],
+                            bool(rec["failed"]),
+                            rec.get("error"),
+                            int(rec.get("judge_calls", 0)),
+                            rec.get("correct"),
+                        )
                     except (ValueError, KeyError, TypeError):
                         continue
 

@@ -88,13 +88,15 @@ def _family(dataset) -> str:
         if any(m in name.lower() for m in _CIRCULAR_MARKERS):
             raise UnsupportedDataset(
                 f"{name} is evaluated circularly by VLMEvalKit: its 'hit' is per question group, so a "
-                f"candidate's per-row correctness cannot be read from it")
+                f"candidate's per-row correctness cannot be read from it"
+            )
         return "MCQ"
     if "Y/N" in kind.upper():
         return "Y/N"
     raise UnsupportedDataset(
         f"{name} has dataset type {kind!r}; BoN reports support multiple choice (MCQ) and yes/no (Y/N) "
-        f"datasets, whose evaluate() writes a per-row verdict")
+        f"datasets, whose evaluate() writes a per-row verdict"
+    )
 
 
 def _detail_source(family: str, judge_kwargs: dict) -> tuple[str, str]:
@@ -108,10 +110,17 @@ def _detail_source(family: str, judge_kwargs: dict) -> tuple[str, str]:
 
 
 def cache_key(dataset, indices: Sequence, predictions: Sequence[str | None], judge_kwargs: dict) -> str:
-    blob = json.dumps({"dataset": dataset.dataset_name, "type": str(getattr(dataset, "TYPE", "")),
-                       "rows": [[str(i), p] for i, p in zip(indices, predictions)],
-                       "judge": {k: v for k, v in judge_kwargs.items() if k not in _NOT_IN_KEY}},
-                      sort_keys=True, ensure_ascii=False, default=str)
+    blob = json.dumps(
+        {
+            "dataset": dataset.dataset_name,
+            "type": str(getattr(dataset, "TYPE", "")),
+            "rows": [[str(i), p] for i, p in zip(indices, predictions)],
+            "judge": {k: v for k, v in judge_kwargs.items() if k not in _NOT_IN_KEY},
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -139,8 +148,9 @@ def _verdict(value) -> bool | None:
     return bool(value)
 
 
-def judge_predictions(dataset, table: pd.DataFrame, predictions: Sequence[str | None], folder: str,
-                      model_name: str, judge_kwargs: dict) -> list[bool | None]:
+def judge_predictions(
+    dataset, table: pd.DataFrame, predictions: Sequence[str | None], folder: str, model_name: str, judge_kwargs: dict
+) -> list[bool | None]:
     """Correctness of ``predictions`` (one per row of ``table``, None = no text), judged by
     ``dataset.evaluate`` in ``folder``; None where a row has no text or no verdict."""
     from vlmeval.smp import dump, get_intermediate_file_path, get_pred_file_path, load
@@ -169,16 +179,23 @@ def judge_predictions(dataset, table: pd.DataFrame, predictions: Sequence[str | 
     if not isinstance(detail, pd.DataFrame) or column not in detail or "index" not in detail:
         raise UnsupportedDataset(
             f"{type(dataset).__name__}.evaluate() wrote no per-row '{column}' in {detail_file}; files "
-            f"written: {sorted(os.listdir(folder))}")
+            f"written: {sorted(os.listdir(folder))}"
+        )
     by_index = {str(i): _verdict(v) for i, v in zip(detail["index"], detail[column])}
     correct = [None if p is None else by_index.get(str(i)) for i, p in zip(table["index"], predictions)]
     _write_cache(folder, key, correct)
     return correct
 
 
-def judge_candidates(dataset, table: pd.DataFrame, candidate_texts: Sequence[Sequence[str | None]],
-                     cache_root: str, model_name: str, judge_kwargs: dict,
-                     judge_cache: str | None = None) -> list[list[bool | None]]:
+def judge_candidates(
+    dataset,
+    table: pd.DataFrame,
+    candidate_texts: Sequence[Sequence[str | None]],
+    cache_root: str,
+    model_name: str,
+    judge_kwargs: dict,
+    judge_cache: str | None = None,
+) -> list[list[bool | None]]:
     """``result[i][row]``: correctness of candidate i on each row; ``candidate_texts[i][row]`` its text.
 
     A ``benchmarks`` dataset: judged per distinct (row, text), cached in ``judge_cache`` (default
@@ -187,14 +204,15 @@ def judge_candidates(dataset, table: pd.DataFrame, candidate_texts: Sequence[Seq
     """
     bench = find_benchmark(dataset)
     if bench is not None:
-        path = judge_cache or judge_cache_file(os.path.dirname(os.path.abspath(cache_root)), model_name,
-                                               dataset.dataset_name)
+        path = judge_cache or judge_cache_file(
+            os.path.dirname(os.path.abspath(cache_root)), model_name, dataset.dataset_name
+        )
         return judge_benchmark(bench, dataset, table, candidate_texts, JudgeCache(path), judge_kwargs)
     _family(dataset)  # refuse before any work
-    return [judge_predictions(dataset, table, texts, os.path.join(cache_root, f"cand_{i}"), model_name,
-                              judge_kwargs)
-            for i, texts in enumerate(tqdm(candidate_texts, desc=f"judging {dataset.dataset_name}",
-                                           unit="candidate"))]
+    return [
+        judge_predictions(dataset, table, texts, os.path.join(cache_root, f"cand_{i}"), model_name, judge_kwargs)
+        for i, texts in enumerate(tqdm(candidate_texts, desc=f"judging {dataset.dataset_name}", unit="candidate"))
+    ]
 
 
 def vote_contexts(dataset, table: pd.DataFrame) -> list[VoteContext]:
@@ -206,8 +224,10 @@ def vote_contexts(dataset, table: pd.DataFrame) -> list[VoteContext]:
         return [bench.vote(rows.iloc[r]) for r in range(len(rows))]
     kind = str(getattr(dataset, "TYPE", ""))
     options = [c for c in table.columns if len(c) == 1 and c.isupper()]
-    return [VoteContext(kind, {c: str(row[c]) for c in options if not pd.isna(row[c])} or None)
-            for _, row in table.iterrows()]
+    return [
+        VoteContext(kind, {c: str(row[c]) for c in options if not pd.isna(row[c])} or None)
+        for _, row in table.iterrows()
+    ]
 
 
 # -- the registry path -----------------------------------------------------------------------------
@@ -239,9 +259,11 @@ class _Judge:
                 if self.bench.system_prompt is not None:
                     model.system_prompt = self.bench.system_prompt
                 if not model.working():
-                    raise CannotJudge(f"the judge {self.kwargs.get('model')!r} does not answer (VLMEvalKit's "
-                                      f"working() check failed): check --judge, --judge-base-url / OPENAI_API_BASE "
-                                      f"and OPENAI_API_KEY")
+                    raise CannotJudge(
+                        f"the judge {self.kwargs.get('model')!r} does not answer (VLMEvalKit's "
+                        f"working() check failed): check --judge, --judge-base-url / OPENAI_API_BASE "
+                        f"and OPENAI_API_KEY"
+                    )
                 self._model = model
             return self._model
 
@@ -296,12 +318,21 @@ def _identity(bench: Benchmark, judge_kwargs: dict, use_judge: bool) -> dict:
         kit = "unknown"
     if not use_judge:
         return {"model": EXACT_MATCHING, "vlmeval": kit}
-    return {**judge_identity({**judge_kwargs, **bench.judge_options}), "system_prompt": bench.system_prompt,
-            "vlmeval": kit}
+    return {
+        **judge_identity({**judge_kwargs, **bench.judge_options}),
+        "system_prompt": bench.system_prompt,
+        "vlmeval": kit,
+    }
 
 
-def judge_benchmark(bench: Benchmark, dataset, table: pd.DataFrame, candidate_texts: Sequence[Sequence[str | None]],
-                    cache: JudgeCache, judge_kwargs: dict) -> list[list[bool | None]]:
+def judge_benchmark(
+    bench: Benchmark,
+    dataset,
+    table: pd.DataFrame,
+    candidate_texts: Sequence[Sequence[str | None]],
+    cache: JudgeCache,
+    judge_kwargs: dict,
+) -> list[list[bool | None]]:
     """Correctness of every candidate text on every row by ``bench`` (VLMEvalKit's per-row function
     and check), each distinct (row, text) judged once and cached; None: no text, or the judge failed."""
     if any(len(texts) != len(table) for texts in candidate_texts):
@@ -311,7 +342,8 @@ def judge_benchmark(bench: Benchmark, dataset, table: pd.DataFrame, candidate_te
     if bench.judge_required and not use_judge:
         raise CannotJudge(
             f"{dataset.dataset_name}: VLMEvalKit scores {bench.name} with an LLM judge (its evaluate() requires "
-            f"one); pass --judge <model> (e.g. gpt-4o-mini, or a local model served by LMDeploy)")
+            f"one); pass --judge <model> (e.g. gpt-4o-mini, or a local model served by LMDeploy)"
+        )
     rows = bench.rows(table, dataset)
     lines = [rows.iloc[r] for r in range(len(rows))]
     identity = _identity(bench, judge_kwargs, use_judge)
@@ -335,8 +367,13 @@ def judge_benchmark(bench: Benchmark, dataset, table: pd.DataFrame, candidate_te
             column.append(judged.correct if judged is not None and not judged.failed else None)
         out.append(column)
     if failed:
-        log.warning("%s: %d candidate answers unscored (%s), counted as correct_unknown, never as wrong; the next "
-                    "report asks again", dataset.dataset_name, sum(failed.values()), dict(failed))
+        log.warning(
+            "%s: %d candidate answers unscored (%s), counted as correct_unknown, never as wrong; the next "
+            "report asks again",
+            dataset.dataset_name,
+            sum(failed.values()),
+            dict(failed),
+        )
     return out
 
 
@@ -346,8 +383,16 @@ def _with_prediction(row: pd.Series, text: str) -> pd.Series:
     return line
 
 
-def _judge_items(bench: Benchmark, dataset_name: str, lines: list[pd.Series], todo: dict[str, tuple[int, str]],
-                 cache: JudgeCache, model: str, judge_kwargs: dict, use_judge: bool) -> None:
+def _judge_items(
+    bench: Benchmark,
+    dataset_name: str,
+    lines: list[pd.Series],
+    todo: dict[str, tuple[int, str]],
+    cache: JudgeCache,
+    model: str,
+    judge_kwargs: dict,
+    use_judge: bool,
+) -> None:
     """Run the benchmark's per-row function on every item in ``todo`` (threads: ``nproc``), appending
     each result to the cache as it arrives. VLMEvalKit's helpers print prompts and warnings to
     stdout: that is swallowed here; the progress bar is on stderr."""
@@ -355,8 +400,10 @@ def _judge_items(bench: Benchmark, dataset_name: str, lines: list[pd.Series], to
     nproc = max(1, int(judge_kwargs.get("nproc") or DEFAULT_JUDGE_NPROC))
     bar = tqdm(total=len(todo), desc=f"judging {dataset_name} ({model})", unit="answer")
     with contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(nproc) as pool:
-        futures = {pool.submit(_judge_one, bench, judge, _with_prediction(lines[r], t), dataset_name): key
-                   for key, (r, t) in todo.items()}
+        futures = {
+            pool.submit(_judge_one, bench, judge, _with_prediction(lines[r], t), dataset_name): key
+            for key, (r, t) in todo.items()
+        }
         pending = set(futures)
         try:
             while pending:

@@ -28,8 +28,18 @@ from vlmeval_prm.report.bon_metrics import PASS_AT_1, first_candidate, metric_cu
 from vlmeval_prm.select.bon_at_k import MonteCarlo
 from vlmeval_prm.select.strategies import SampleCandidates
 
-METRIC_COLUMNS = ["dataset", "benchmark", "metric", "strategy", "N", "value", "se", "estimate", "groups",
-                  "dropped_groups"]
+METRIC_COLUMNS = [
+    "dataset",
+    "benchmark",
+    "metric",
+    "strategy",
+    "N",
+    "value",
+    "se",
+    "estimate",
+    "groups",
+    "dropped_groups",
+]
 
 
 @dataclass
@@ -45,9 +55,15 @@ class DatasetCurves:
         return self.dataset if plain else f"{self.dataset} [{self.headline}]"
 
 
-def dataset_curves(dataset: str, samples: Sequence[SampleCandidates], table: pd.DataFrame, ks: Sequence[int],
-                   strategies: Sequence[str], benchmark: Benchmark | None = None,
-                   mc: MonteCarlo | None = None) -> DatasetCurves:
+def dataset_curves(
+    dataset: str,
+    samples: Sequence[SampleCandidates],
+    table: pd.DataFrame,
+    ks: Sequence[int],
+    strategies: Sequence[str],
+    benchmark: Benchmark | None = None,
+    mc: MonteCarlo | None = None,
+) -> DatasetCurves:
     """Every metric of one dataset, for Pass@1 and every strategy at every k (values in %)."""
     if len(samples) != len(table):
         raise ValueError(f"{dataset}: {len(samples)} questions for {len(table)} prediction rows")
@@ -62,12 +78,23 @@ def dataset_curves(dataset: str, samples: Sequence[SampleCandidates], table: pd.
             p, draws = row_curves(samples, strategy, ks, mc)
         for metric in metrics:
             for k, est in zip(ks, metric_curve(metric, p, draws)):
-                rows.append({"dataset": dataset, "benchmark": benchmark.name if benchmark else None,
-                             "metric": metric.name, "strategy": strategy, "N": int(k), "value": 100 * est.value,
-                             "se": 100 * est.se, "estimate": "monte carlo" if est.monte_carlo else "exact",
-                             "groups": est.groups, "dropped_groups": est.dropped_groups})
-    return DatasetCurves(dataset, benchmark.name if benchmark else None, metrics[0].name,
-                         pd.DataFrame(rows, columns=METRIC_COLUMNS))
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "benchmark": benchmark.name if benchmark else None,
+                        "metric": metric.name,
+                        "strategy": strategy,
+                        "N": int(k),
+                        "value": 100 * est.value,
+                        "se": 100 * est.se,
+                        "estimate": "monte carlo" if est.monte_carlo else "exact",
+                        "groups": est.groups,
+                        "dropped_groups": est.dropped_groups,
+                    }
+                )
+    return DatasetCurves(
+        dataset, benchmark.name if benchmark else None, metrics[0].name, pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    )
 
 
 def _order(curves: Sequence[DatasetCurves]) -> list[DatasetCurves]:
@@ -97,8 +124,9 @@ def paper_table(curves: Sequence[DatasetCurves]) -> pd.DataFrame:
     wide[f"{overall} MC s.e."] = ses.pow(2).sum(axis=1).pow(0.5) / len(columns)
     wide = wide.drop(columns=list(ses.columns))
     order = {s: i for i, s in enumerate(dict.fromkeys(curves[0].metrics["strategy"]))}
-    wide = wide.reset_index().sort_values(["N", "strategy"], key=lambda col: col.map(order) if col.name == "strategy"
-                                          else col)
+    wide = wide.reset_index().sort_values(
+        ["N", "strategy"], key=lambda col: col.map(order) if col.name == "strategy" else col
+    )
     return wide.reset_index(drop=True)
 
 
@@ -135,8 +163,12 @@ def write_paper(curves: Sequence[DatasetCurves], prefix: str) -> dict[str, str]:
     table = paper_table(curves)
     scale = scaling(table)
     metrics = pd.concat([c.metrics for c in _order(curves)], ignore_index=True)
-    paths = {"paper_csv": f"{prefix}.csv", "metrics_csv": f"{prefix}_metrics.csv", "xlsx": f"{prefix}.xlsx",
-             "png": f"{prefix}.png"}
+    paths = {
+        "paper_csv": f"{prefix}.csv",
+        "metrics_csv": f"{prefix}_metrics.csv",
+        "xlsx": f"{prefix}.xlsx",
+        "png": f"{prefix}.png",
+    }
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     table.to_csv(paths["paper_csv"], index=False)
     metrics.to_csv(paths["metrics_csv"], index=False)
@@ -165,17 +197,24 @@ def print_paper(curves: Sequence[DatasetCurves], file: TextIO | None = None) -> 
     estimated = estimated[estimated["estimate"] == "monte carlo"]
     if len(estimated):
         worst = estimated.loc[estimated["se"].idxmax()]
-        print(f"\n{len(estimated)} cells are Monte Carlo estimates (vote strategies with too many subsets); largest "
-              f"standard error {worst['se']:.2f} points ({worst['dataset']} {worst['metric']}, {worst['strategy']}, "
-              f"N = {worst['N']}); see the metrics table", file=out)
+        print(
+            f"\n{len(estimated)} cells are Monte Carlo estimates (vote strategies with too many subsets); largest "
+            f"standard error {worst['se']:.2f} points ({worst['dataset']} {worst['metric']}, {worst['strategy']}, "
+            f"N = {worst['N']}); see the metrics table",
+            file=out,
+        )
     dropped = max((int(c.metrics["dropped_groups"].max()) for c in curves), default=0)
     if dropped:
-        print(f"left out for lack of a judged candidate: up to {dropped} questions (or question groups) per cell; "
-              f"see dropped_groups in the metrics table", file=out)
+        print(
+            f"left out for lack of a judged candidate: up to {dropped} questions (or question groups) per cell; "
+            f"see dropped_groups in the metrics table",
+            file=out,
+        )
 
 
-def paper_report(results: dict, ks: Sequence[int] | None = None, mc: MonteCarlo | None = None,
-                 file: TextIO | None = None) -> dict[tuple[str, str], dict[str, str]]:
+def paper_report(
+    results: dict, ks: Sequence[int] | None = None, mc: MonteCarlo | None = None, file: TextIO | None = None
+) -> dict[tuple[str, str], dict[str, str]]:
     """The joined table for every model of ``collect.report``'s results (runs that failed are left
     out), written beside VLMEvalKit's outputs as ``<model>_bon_paper*``; returns the paths by model."""
     from vlmeval.smp import load
@@ -192,9 +231,18 @@ def paper_report(results: dict, ks: Sequence[int] | None = None, mc: MonteCarlo 
     for (work_dir, model), items in by_model.items():
         common = list(ks) if ks else default_ks(min(res["n"] for _, res in items))
         try:
-            curves = [dataset_curves(dataset, res["run"].samples, load(prediction_file(work_dir, model, dataset)),
-                                     common, list(res["table"].index), benchmark_named(dataset), mc)
-                      for dataset, res in items]
+            curves = [
+                dataset_curves(
+                    dataset,
+                    res["run"].samples,
+                    load(prediction_file(work_dir, model, dataset)),
+                    common,
+                    list(res["table"].index),
+                    benchmark_named(dataset),
+                    mc,
+                )
+                for dataset, res in items
+            ]
         except BenchmarkFormatError as exc:
             print(f"cannot build the benchmark table of {model}: {exc}", file=out)
             continue

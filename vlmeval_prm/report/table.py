@@ -20,15 +20,23 @@ PROGRESS_FROM = 20_000
 
 def _exclusion_row(at_max: BoNResult, results: list[BoNResult]) -> dict:
     """Counts taken at the largest k (capping depends on k); Monte Carlo use over all ks."""
-    return {"samples": at_max.samples, "dropped_samples": at_max.dropped_samples,
-            "empty_samples": at_max.empty_samples, "capped_samples": at_max.capped_samples,
-            **{r: at_max.excluded.get(r, 0) for r in REASONS},
-            "monte_carlo_ks": sum(r.monte_carlo_samples > 0 for r in results),
-            "monte_carlo_draws": max(r.monte_carlo_draws for r in results)}
+    return {
+        "samples": at_max.samples,
+        "dropped_samples": at_max.dropped_samples,
+        "empty_samples": at_max.empty_samples,
+        "capped_samples": at_max.capped_samples,
+        **{r: at_max.excluded.get(r, 0) for r in REASONS},
+        "monte_carlo_ks": sum(r.monte_carlo_samples > 0 for r in results),
+        "monte_carlo_draws": max(r.monte_carlo_draws for r in results),
+    }
 
 
-def bon_table(samples: Sequence[SampleCandidates], ks: Sequence[int], strategies: Sequence[str] | None = None,
-              mc: MonteCarlo | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def bon_table(
+    samples: Sequence[SampleCandidates],
+    ks: Sequence[int],
+    strategies: Sequence[str] | None = None,
+    mc: MonteCarlo | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(accuracy in % with rows = strategies and columns = N, exclusions with rows = strategies).
 
     Exclusion columns: ``samples`` in the denominator; ``dropped_samples`` (no candidate with known
@@ -76,8 +84,12 @@ def _plot(table: pd.DataFrame, path: str) -> None:
 def write_report(table_df: pd.DataFrame, exclusions_df: pd.DataFrame, out_prefix: str) -> dict[str, str]:
     """Write ``{prefix}_bon.csv``, ``{prefix}_exclusions.csv``, ``{prefix}.xlsx`` (sheets "bon" and
     "exclusions") and ``{prefix}_bon.png``; return their paths by kind."""
-    paths = {"table_csv": f"{out_prefix}_bon.csv", "exclusions_csv": f"{out_prefix}_exclusions.csv",
-             "xlsx": f"{out_prefix}.xlsx", "png": f"{out_prefix}_bon.png"}
+    paths = {
+        "table_csv": f"{out_prefix}_bon.csv",
+        "exclusions_csv": f"{out_prefix}_exclusions.csv",
+        "xlsx": f"{out_prefix}.xlsx",
+        "png": f"{out_prefix}_bon.png",
+    }
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     table_df.to_csv(paths["table_csv"])
     exclusions_df.to_csv(paths["exclusions_csv"])

@@ -34,8 +34,9 @@ from vlmeval_prm.logs import get_logger
 log = get_logger(__name__)
 
 _MARKER = re.compile(r"answer\s*(?:is\b\s*[:：]?|[:：])|答案\s*(?:是|为|[:：])", re.IGNORECASE)
-_JSON_ANSWER = re.compile(r'"(?:short answer|final answer|answer)"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|([^,}\n]+))',
-                          re.IGNORECASE)
+_JSON_ANSWER = re.compile(
+    r'"(?:short answer|final answer|answer)"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|([^,}\n]+))', re.IGNORECASE
+)
 _LONE_LETTER = re.compile(r"^(?:\(([A-Z])\)|([A-Z])(?:[.:)]|$))")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
 _WRAPPING = re.compile(r"^[\s$*`'\"]+|[\s$*`'\".]+$")
@@ -65,7 +66,7 @@ def _last_boxed(text: str) -> str | None:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i + 1:j]
+            return text[i + 1 : j]
     return None  # unbalanced: cut off mid-answer
 
 
@@ -79,7 +80,7 @@ def answer_segment(text: str) -> str | None:
         return value.strip() or None
     markers = list(_MARKER.finditer(text))
     if markers:
-        rest = text[markers[-1].end():].strip()
+        rest = text[markers[-1].end() :].strip()
         line = rest.splitlines()[0].strip(" *_:：") if rest else ""
         return line or None
     stripped = text.strip()
@@ -172,7 +173,10 @@ def _free_form(text: str, choices: dict | None, precision: int | None) -> str | 
 
 
 _EXTRACTORS: dict[str, Callable[[str, dict | None, int | None], str | None]] = {
-    "MCQ": _options, "Y/N": _yes_no, "free": _free_form}
+    "MCQ": _options,
+    "Y/N": _yes_no,
+    "free": _free_form,
+}
 
 
 def _kind(dataset_type: str, choices: dict | None) -> str:
@@ -181,8 +185,9 @@ def _kind(dataset_type: str, choices: dict | None) -> str:
     return next((f for f in ("MCQ", "Y/N") if f in dataset_type.upper()), "free")
 
 
-def extract_answer(text: str | None, dataset_type: str, choices: dict | None = None,
-                   precision: int | None = None) -> str | None:
+def extract_answer(
+    text: str | None, dataset_type: str, choices: dict | None = None, precision: int | None = None
+) -> str | None:
     """The vote key of a response's final answer; None when none can be found. Never raises.
 
     ``dataset_type`` is VLMEvalKit's ``DATASET_TYPE`` (e.g. "MCQ", "Y/N", "VQA"); ``choices`` maps

@@ -78,8 +78,9 @@ def excluded_reasons(s: Strategy, cands: Sequence[Candidate]) -> Counter:
     return out
 
 
-def _argmax_at_k(s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo,
-                 key: str) -> list[tuple[float, int]]:
+def _argmax_at_k(
+    s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo, key: str
+) -> list[tuple[float, int]]:
     n = len(pool)
     groups: dict[float, list[bool]] = {}
     for c in pool:
@@ -97,14 +98,16 @@ def _argmax_at_k(s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: 
     return out
 
 
-def _oracle_at_k(s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo,
-                 key: str) -> list[tuple[float, int]]:
+def _oracle_at_k(
+    s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo, key: str
+) -> list[tuple[float, int]]:
     n, wrong = len(pool), sum(not c.correct for c in pool)
     return [(1 - comb(wrong, k) / comb(n, k), 0) for k in ks]
 
 
-def _random_at_k(s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo,
-                 key: str) -> list[tuple[float, int]]:
+def _random_at_k(
+    s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo, key: str
+) -> list[tuple[float, int]]:
     return [(sum(c.correct for c in pool) / len(pool), 0) for _ in ks]
 
 
@@ -133,8 +136,16 @@ class _Ballots:
         answer = [ids.setdefault(c.answer, len(ids)) if v is not None else 0 for c, v in zip(pool, values)]
         weight = np.array([v or 0.0 for v in values], dtype=float)
         exact = bool(np.all(weight == np.round(weight)) and np.abs(weight).sum() < 2.0**52)
-        return cls(s, pool, np.array(answer), weight, np.array([v is not None for v in values]),
-                   np.array([bool(c.correct) for c in pool], dtype=float), max(len(ids), 1), exact)
+        return cls(
+            s,
+            pool,
+            np.array(answer),
+            weight,
+            np.array([v is not None for v in values]),
+            np.array([bool(c.correct) for c in pool], dtype=float),
+            max(len(ids), 1),
+            exact,
+        )
 
     def outcomes(self, subsets: np.ndarray) -> np.ndarray:
         """``strategies``' vote rule on many subsets at once (rows of pool indices): the mean, over the
@@ -173,8 +184,9 @@ def _subset_seed(mc: MonteCarlo, name: str, key: str, k: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def _vote_at_k(s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo,
-               key: str) -> list[tuple[float, int]]:
+def _vote_at_k(
+    s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo, key: str
+) -> list[tuple[float, int]]:
     n, ballots, out = len(pool), _Ballots.of(s, pool), []
     for k in ks:
         if comb(n, k) <= mc.exact_limit:
@@ -190,8 +202,9 @@ def _vote_at_k(s: Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: Mo
 _ESTIMATORS = {ARGMAX: _argmax_at_k, VOTE: _vote_at_k, RANDOM: _random_at_k, ORACLE: _oracle_at_k}
 
 
-def sample_curve(name: str | Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo | None = None,
-                 key: str = "") -> list[tuple[float, int]]:
+def sample_curve(
+    name: str | Strategy, pool: Sequence[Candidate], ks: Sequence[int], mc: MonteCarlo | None = None, key: str = ""
+) -> list[tuple[float, int]]:
     """Per k: (expected correctness of one question, Monte Carlo draws used or 0 when exact).
 
     ``pool`` must all have known correctness; every k must be in 1..len(pool). ``key`` seeds the
@@ -203,14 +216,16 @@ def sample_curve(name: str | Strategy, pool: Sequence[Candidate], ks: Sequence[i
     return _ESTIMATORS[s.kind](s, pool, ks, mc or MonteCarlo(), key)
 
 
-def sample_at_k(name: str | Strategy, pool: Sequence[Candidate], k: int, mc: MonteCarlo | None = None,
-                key: str = "") -> tuple[float, int]:
+def sample_at_k(
+    name: str | Strategy, pool: Sequence[Candidate], k: int, mc: MonteCarlo | None = None, key: str = ""
+) -> tuple[float, int]:
     """``sample_curve`` at one k."""
     return sample_curve(name, pool, [k], mc, key)[0]
 
 
-def bon_curve(samples: Sequence[SampleCandidates], name: str | Strategy, ks: Sequence[int],
-              mc: MonteCarlo | None = None) -> list[BoNResult]:
+def bon_curve(
+    samples: Sequence[SampleCandidates], name: str | Strategy, ks: Sequence[int], mc: MonteCarlo | None = None
+) -> list[BoNResult]:
     """Accuracy of one strategy at each k over all questions, with what was left out and why."""
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
@@ -242,7 +257,8 @@ def bon_curve(samples: Sequence[SampleCandidates], name: str | Strategy, ks: Seq
     return results
 
 
-def bon_at_k(samples: Sequence[SampleCandidates], name: str | Strategy, k: int,
-             mc: MonteCarlo | None = None) -> BoNResult:
+def bon_at_k(
+    samples: Sequence[SampleCandidates], name: str | Strategy, k: int, mc: MonteCarlo | None = None
+) -> BoNResult:
     """``bon_curve`` at one k."""
     return bon_curve(samples, name, [k], mc)[0]

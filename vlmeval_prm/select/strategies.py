@@ -194,8 +194,12 @@ def _oracle_probabilities(s: Strategy, cands: Sequence[Candidate]) -> list[Fract
     return _uniform(len(cands), right or range(len(cands)))
 
 
-_PROBABILITIES = {ARGMAX: _argmax_probabilities, VOTE: _vote_probabilities, RANDOM: _random_probabilities,
-                  ORACLE: _oracle_probabilities}
+_PROBABILITIES = {
+    ARGMAX: _argmax_probabilities,
+    VOTE: _vote_probabilities,
+    RANDOM: _random_probabilities,
+    ORACLE: _oracle_probabilities,
+}
 
 
 def pick_probabilities(name: str | Strategy, cands: Sequence[Candidate]) -> list[Fraction]:

@@ -107,8 +107,10 @@ _REQUIRED = {"sample": ("key",), "candidate": ("key", "i"), "score": ("key", "i"
 def _check_version(obj: dict, what: str) -> None:
     version = obj.get(VERSION_FIELD, 0)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise StoreError(f"{what} has schema version {version!r}; this vlmeval-prm reads versions up to "
-                         f"{SCHEMA_VERSION}: upgrade vlmeval-prm")
+        raise StoreError(
+            f"{what} has schema version {version!r}; this vlmeval-prm reads versions up to "
+            f"{SCHEMA_VERSION}: upgrade vlmeval-prm"
+        )
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -127,8 +129,9 @@ def _conforms(value: Any, hint: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
     if origin is dict:
-        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1])
-                                               for k, v in value.items())
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items()
+        )
     return isinstance(value, origin or hint)
 
 
@@ -147,8 +150,11 @@ def _typed(cls: type, values: dict) -> Any:
 
 def to_json(record: Record) -> dict[str, Any]:
     """The JSON object of one store line: ``kind``, ``v``, then the record's fields in order."""
-    return {"kind": record.kind, VERSION_FIELD: SCHEMA_VERSION,
-            **{f.name: getattr(record, f.name) for f in fields(record)}}
+    return {
+        "kind": record.kind,
+        VERSION_FIELD: SCHEMA_VERSION,
+        **{f.name: getattr(record, f.name) for f in fields(record)},
+    }
 
 
 def from_json(obj: Any) -> Record | None:

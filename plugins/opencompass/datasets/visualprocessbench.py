@@ -15,29 +15,33 @@ from opencompass.openicl.icl_retriever import ZeroRetriever
 
 from vlmeval_prm.host.opencompass_eval import AsReportedVLMEvalKitEvaluator
 
-dataset_name = os.environ.get('VLMEVAL_PRM_VPB_NAME', 'VisualProcessBench')
-vlmeval_dataset_cfg = dict(dataset_name=dataset_name,
-                           data_root=os.getenv('LMUData'),  # None: VLMEvalKit's default, ~/LMUData
-                           dataset_kwargs=dict(),
-                           sample_limit=None)
+dataset_name = os.environ.get("VLMEVAL_PRM_VPB_NAME", "VisualProcessBench")
+vlmeval_dataset_cfg = dict(
+    dataset_name=dataset_name,
+    data_root=os.getenv("LMUData"),  # None: VLMEvalKit's default, ~/LMUData
+    dataset_kwargs=dict(),
+    sample_limit=None,
+)
 
-reader_cfg = dict(input_columns=['prompt'], output_column='answer')
+reader_cfg = dict(input_columns=["prompt"], output_column="answer")
 
-infer_cfg = dict(prompt_template=dict(type=RawPromptTemplate,
-                                      messages=[dict(expand_column='prompt')],
-                                      format_variables=False),
-                 retriever=dict(type=ZeroRetriever),
-                 inferencer=dict(type=GenInferencer))
+infer_cfg = dict(
+    prompt_template=dict(type=RawPromptTemplate, messages=[dict(expand_column="prompt")], format_variables=False),
+    retriever=dict(type=ZeroRetriever),
+    inferencer=dict(type=GenInferencer),
+)
 
-eval_cfg = dict(evaluator=dict(type=AsReportedVLMEvalKitEvaluator,
-                               **vlmeval_dataset_cfg,
-                               eval_kwargs=dict(kind='critic')))
+eval_cfg = dict(
+    evaluator=dict(type=AsReportedVLMEvalKitEvaluator, **vlmeval_dataset_cfg, eval_kwargs=dict(kind="critic"))
+)
 
 visualprocessbench_datasets = [
-    dict(type=VLMEvalKitDataset,
-         abbr=dataset_name,
-         **vlmeval_dataset_cfg,
-         reader_cfg=reader_cfg,
-         infer_cfg=infer_cfg,
-         eval_cfg=eval_cfg)
+    dict(
+        type=VLMEvalKitDataset,
+        abbr=dataset_name,
+        **vlmeval_dataset_cfg,
+        reader_cfg=reader_cfg,
+        infer_cfg=infer_cfg,
+        eval_cfg=eval_cfg,
+    )
 ]

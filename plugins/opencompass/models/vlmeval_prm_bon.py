@@ -12,16 +12,16 @@ import os
 
 from opencompass.models import OpenAISDK
 
-served_model = os.environ.get('VLMEVAL_PRM_SERVE_MODEL', 'VLMEvalPRM-TinyPolicy-BoN4')
+served_model = os.environ.get("VLMEVAL_PRM_SERVE_MODEL", "VLMEvalPRM-TinyPolicy-BoN4")
 
 models = [
     dict(
         abbr=served_model,
         type=OpenAISDK,
         path=served_model,
-        openai_api_base=os.environ.get('VLMEVAL_PRM_SERVE_URL', 'http://127.0.0.1:8000/v1'),
-        key='ENV' if os.environ.get('OPENAI_API_KEY') else 'EMPTY',
-        tokenizer_path=os.environ.get('VLMEVAL_PRM_TOKENIZER', 'gpt-4'),
+        openai_api_base=os.environ.get("VLMEVAL_PRM_SERVE_URL", "http://127.0.0.1:8000/v1"),
+        key="ENV" if os.environ.get("OPENAI_API_KEY") else "EMPTY",
+        tokenizer_path=os.environ.get("VLMEVAL_PRM_TOKENIZER", "gpt-4"),
         # The server bounds its own concurrency (vlmeval-prm serve --max-concurrency) and queues the rest.
         query_per_second=64,
         batch_size=8,
