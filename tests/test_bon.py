@@ -117,3 +117,29 @@ def test_bad_configuration_fails_at_construction(make_bon):
         make_bon(aggregate="median")
     with pytest.raises(KeyError, match="supported_VLM"):
         BestOfN(model="NoSuchModel-7B", prm=SPEC)
+
+
+def test_prediction_is_the_base_models_own_answer_while_the_store_keeps_the_reasoning(
+    make_bon, message, tmp_path, monkeypatch
+):
+    """A CoT family's adapter extracts the final answer the way the base model would (e.g. InternVL's
+    MPO post-processing); the PRM scored, and the store keeps, the whole step-by-step text."""
+    bon = make_bon()
+    seen = []
+
+    def final_answer(model, text, dataset):
+        seen.append((model, text, dataset))
+        return text.rsplit("Answer:", 1)[-1].strip()
+
+    monkeypatch.setattr(bon.adapter, "final_answer", final_answer)
+    replies = ["It is green.\n\nAnswer: B"] * 4
+    monkeypatch.setattr(bon.base, "_generate", lambda message, n, **kw: replies[:n])
+    out = bon.generate(message, dataset="Demo")
+    (entry,) = store_of(tmp_path).values()
+    chosen = json.loads(out["extra_records"])["chosen"]
+    assert out["prediction"] == "B"
+    assert seen == [(bon.base, entry.candidates[chosen].text, "Demo")]
+    assert entry.candidates[chosen].text == replies[0] and entry.score(chosen, SPEC).steps == [
+        "It is green.",
+        "Answer: B",
+    ]

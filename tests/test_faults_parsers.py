@@ -10,7 +10,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vlmeval_prm.constants import OPTIONS_ENV, STEP_SEPARATOR
@@ -31,17 +31,45 @@ from vlmeval_prm.store.records import (
 
 SETTINGS = settings(max_examples=300, deadline=None)
 #: Text with what breaks naive code: lone surrogates, blank lines of odd whitespace, CR, NUL.
-TEXT = st.text(alphabet=st.one_of(st.characters(), st.sampled_from(["\n", "\r", " ", "\t", "\u00a0", "\ud800",
-                                                                    "\udfff", "\x00", "\x85", "\u2028"])))
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-                    max_leaves=12)
-FIELDS = ["key", "i", "prm", "mode", "text", "error", "steps", "step_scores", "bounds", "meta", "retry", "v",
-          "dataset", "question", "images", "n", "settings", "policy", "response_score"]
+TEXT = st.text(
+    alphabet=st.one_of(
+        st.characters(),
+        st.sampled_from(["\n", "\r", " ", "\t", "\u00a0", "\ud800", "\udfff", "\x00", "\x85", "\u2028"]),
+    )
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = [
+    "key",
+    "i",
+    "prm",
+    "mode",
+    "text",
+    "error",
+    "steps",
+    "step_scores",
+    "bounds",
+    "meta",
+    "retry",
+    "v",
+    "dataset",
+    "question",
+    "images",
+    "n",
+    "settings",
+    "policy",
+    "response_score",
+]
 #: Store-line-shaped objects: a known kind, the required fields, anything in them.
-LINES = st.builds(lambda kind, key, fields: {"kind": kind, "key": key, **fields},
-                  st.sampled_from(sorted(RECORD_TYPES)), st.one_of(TEXT, JSON),
-                  st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8))
+LINES = st.builds(
+    lambda kind, key, fields: {"kind": kind, "key": key, **fields},
+    st.sampled_from(sorted(RECORD_TYPES)),
+    st.one_of(TEXT, JSON),
+    st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8),
+)
 
 
 @SETTINGS
@@ -53,9 +81,14 @@ def test_split_steps_is_total_and_idempotent(text, max_steps):
 
 
 @SETTINGS
-@given(st.one_of(TEXT, st.from_regex(r"[-+]?\d{0,30}(\.\d{0,30})?([eE][-+]?\d{1,9})?%?", fullmatch=True),
-                 st.from_regex(r"[-+]?\d{1,9}\s*/\s*\d{1,9}", fullmatch=True)),
-       st.one_of(st.none(), st.integers(-3, 60)))
+@given(
+    st.one_of(
+        TEXT,
+        st.from_regex(r"[-+]?\d{0,30}(\.\d{0,30})?([eE][-+]?\d{1,9})?%?", fullmatch=True),
+        st.from_regex(r"[-+]?\d{1,9}\s*/\s*\d{1,9}", fullmatch=True),
+    ),
+    st.one_of(st.none(), st.integers(-3, 60)),
+)
 def test_canonical_number_is_total_and_idempotent(raw, precision):
     number = canonical_number(raw, precision)
     assert number is None or canonical_number(number, precision) == number
@@ -85,9 +118,11 @@ def test_well_formed_is_utf8_idempotent_and_keeps_good_text(text):
 @given(TEXT, st.one_of(st.none(), TEXT), st.dictionaries(TEXT, TEXT, max_size=3))
 def test_every_text_survives_a_store_round_trip(text, error, settings_):
     """D2: a lone surrogate must not stop the append; it reads back exactly."""
-    for record in (CandidateRecord(key=text or "k", i=3, text=text, error=error, settings=settings_),
-                   SampleRecord(key="k", question=text, images=[text]),
-                   ScoreRecord(key="k", i=0, prm=text, steps=[text], step_scores=[0.5], error=error)):
+    for record in (
+        CandidateRecord(key=text or "k", i=3, text=text, error=error, settings=settings_),
+        SampleRecord(key="k", question=text, images=[text]),
+        ScoreRecord(key="k", i=0, prm=text, steps=[text], step_scores=[0.5], error=error),
+    ):
         line = encode(record)
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         assert from_json(json.loads(line)) == record
@@ -114,8 +149,16 @@ def test_a_store_line_parses_to_a_sound_record_or_nothing(obj):
 
 
 @SETTINGS
-@given(st.lists(st.one_of(st.binary(max_size=40), LINES.map(lambda o: json.dumps(o).encode()),
-                          JSON.map(lambda o: json.dumps(o).encode())), max_size=6))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            LINES.map(lambda o: json.dumps(o).encode()),
+            JSON.map(lambda o: json.dumps(o).encode()),
+        ),
+        max_size=6,
+    )
+)
 def test_read_records_survives_any_file(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("store") / "s.jsonl"
     path.write_bytes(b"\n".join(lines))
@@ -127,9 +170,16 @@ def test_read_records_survives_any_file(tmp_path_factory, lines):
 
 
 @SETTINGS
-@given(st.one_of(TEXT, JSON.map(json.dumps),
-                 st.dictionaries(st.sampled_from(["key", "n", "chosen", "scores", "tied", "failures", "v",
-                                                  "unscored", "duplicates", "prm"]), JSON).map(json.dumps)))
+@given(
+    st.one_of(
+        TEXT,
+        JSON.map(json.dumps),
+        st.dictionaries(
+            st.sampled_from(["key", "n", "chosen", "scores", "tied", "failures", "v", "unscored", "duplicates", "prm"]),
+            JSON,
+        ).map(json.dumps),
+    )
+)
 def test_a_summary_parses_or_is_none(raw):
     try:
         summary = Summary.from_json(raw)
@@ -157,8 +207,15 @@ ENV_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklis
 
 
 @SETTINGS
-@given(st.one_of(ENV_TEXT, JSON.map(json.dumps), st.dictionaries(st.sampled_from(
-    list(plugin.BON_OPTIONS) + list(plugin.RESERVED_OPTIONS) + ["temprature", "x"]), JSON).map(json.dumps)))
+@given(
+    st.one_of(
+        ENV_TEXT,
+        JSON.map(json.dumps),
+        st.dictionaries(
+            st.sampled_from(list(plugin.BON_OPTIONS) + list(plugin.RESERVED_OPTIONS) + ["temprature", "x"]), JSON
+        ).map(json.dumps),
+    )
+)
 def test_options_parse_or_name_the_variable(monkeypatch_module, raw):
     monkeypatch_module.setenv(OPTIONS_ENV, raw)
     try:
@@ -173,3 +230,15 @@ def test_options_parse_or_name_the_variable(monkeypatch_module, raw):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(["text", "image"]), TEXT), max_size=3), st.one_of(st.none(), TEXT))
+@example([("image", "a\x00b"), ("image", "\ud800.png"), ("text", "x \ud800")], "\udfff")
+def test_sample_key_is_total_and_stable(parts, dataset):
+    """D2: a lone surrogate in a question must not stop BestOfN before anything is stored."""
+    from vlmeval_prm.host.bon import sample_key
+
+    message = [{"type": t, "value": v} for t, v in parts]
+    key = sample_key(dataset, message)
+    assert len(key) == 24 and key == sample_key(dataset, [dict(m) for m in message])

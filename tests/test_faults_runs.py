@@ -49,23 +49,59 @@ def vlmeval_run(work, args, env=None):
     (work / "LMUData").mkdir(exist_ok=True)
     counters = work / "counters.jsonl"
     counters.unlink(missing_ok=True)
-    env = {**os.environ, "LMUData": str(work / "LMUData"), COUNTERS_ENV: str(counters),
-           SPEC_ENV: "transformers:tiny:prm", DEMO_ENV: "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {
+        **os.environ,
+        "LMUData": str(work / "LMUData"),
+        COUNTERS_ENV: str(counters),
+        SPEC_ENV: "transformers:tiny:prm",
+        DEMO_ENV: "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     cwd = work / "cwd"  # not the work dir: the store must follow --work-dir, not the current folder
     cwd.mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "vlmeval.run", *args, "--judge", "exact_matching", "--work-dir",
-                           str(work / "outputs"), "--api-nproc", "2"], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmeval.run",
+            *args,
+            "--judge",
+            "exact_matching",
+            "--work-dir",
+            str(work / "outputs"),
+            "--api-nproc",
+            "2",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.returncode == 0, log
     return log, read_counter_file(str(counters))
 
 
 def config_run(work, server, model="GPT4V-BoN2"):
-    config = {"model": {model: {"class": "BestOfN", "n": N, "model": {
-                  "class": "GPT4V", "model": "gpt-4o-mini", "api_base": f"{server.url}/v1/chat/completions",
-                  "key": "sk-standin", "retry": 1, "verbose": False}}},
-              "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}}}
+    config = {
+        "model": {
+            model: {
+                "class": "BestOfN",
+                "n": N,
+                "model": {
+                    "class": "GPT4V",
+                    "model": "gpt-4o-mini",
+                    "api_base": f"{server.url}/v1/chat/completions",
+                    "key": "sk-standin",
+                    "retry": 1,
+                    "verbose": False,
+                },
+            }
+        },
+        "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}},
+    }
     (work / "config.json").write_text(json.dumps(config))
     return vlmeval_run(work, ["--config", str(work / "config.json"), "--limit", str(ROWS)])
 
@@ -154,13 +190,16 @@ def test_api_mode_reuse_in_a_new_eval_id_folder_finds_the_store(tmp_path):
         check_whole(predictions(run, model), store, 36)
 
 
-@pytest.mark.parametrize("folder,expected", [
-    ("out/M/T20260101-120000", "out/M"),  # ms-vlmeval --api-mode
-    ("out/M/T20260101_G1a2b3c4d", "out/M"),  # upstream run.py
-    ("out/M", "out/M"),  # ms-vlmeval local mode
-    ("out/Other/T20260101_G1a2b3c4d", "out/Other/T20260101_G1a2b3c4d"),  # not this model's run folder
-    ("out/M/Tuesday", "out/M/Tuesday"),
-])
+@pytest.mark.parametrize(
+    "folder,expected",
+    [
+        ("out/M/T20260101-120000", "out/M"),  # ms-vlmeval --api-mode
+        ("out/M/T20260101_G1a2b3c4d", "out/M"),  # upstream run.py
+        ("out/M", "out/M"),  # ms-vlmeval local mode
+        ("out/Other/T20260101_G1a2b3c4d", "out/Other/T20260101_G1a2b3c4d"),  # not this model's run folder
+        ("out/M/Tuesday", "out/M/Tuesday"),
+    ],
+)
 def test_the_store_lives_in_the_model_folder(folder, expected):
     from vlmeval_prm.host.run_context import model_folder
 
@@ -203,8 +242,14 @@ def test_upstream_run_layout_a_new_eval_id_folder_samples_nothing(tmp_path):
     env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), COUNTERS_ENV: str(counters), DEMO_ENV: "1"}
     for eval_id, reuse in (("T20260101_G0a1b2c3d", "1"), ("T20260102_G0a1b2c3d", "0")):
         counters.unlink(missing_ok=True)
-        proc = subprocess.run([sys.executable, "-c", UPSTREAM_DRIVER, model, str(tmp_path / "outputs"), eval_id, DATA,
-                               "3", reuse], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-c", UPSTREAM_DRIVER, model, str(tmp_path / "outputs"), eval_id, DATA, "3", reuse],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     counts = read_counter_file(str(counters))
     assert counts["policy_sequences"] == 0 and counts["prm_sequences"] == 0, counts
@@ -212,3 +257,24 @@ def test_upstream_run_layout_a_new_eval_id_folder_samples_nothing(tmp_path):
     store = index_records(read_records(store_file(str(folder), model, DATA)))
     assert len(store) == 3
     check_whole(predictions(folder / "T20260102_G0a1b2c3d", model), store, 3)
+
+
+def test_files_torn_by_a_kill_are_set_aside(tmp_path):
+    """VLMEvalKit writes its prediction file and partial results in place; a kill mid-write leaves
+    them unreadable and every later run would stop loading them. Only those are set aside."""
+    from vlmeval.smp import dump
+
+    from vlmeval_prm.host.run_context import set_aside_torn
+
+    table = pd.DataFrame({"index": [0, 1], "prediction": ["a", "b"]})
+    pred, prev, part = (tmp_path / "M_D.xlsx", tmp_path / "M_D_PREV.pkl", tmp_path / "01_D.pkl")
+    dump(table, str(pred))
+    dump({0: "a"}, str(prev))
+    dump({0: "a", 1: "b"}, str(part))
+    whole = part.read_bytes()
+    pred.write_bytes(pred.read_bytes()[:200])
+    prev.write_bytes(prev.read_bytes()[:5])
+    assert sorted(set_aside_torn(str(tmp_path), "M", "D")) == sorted([str(pred), str(prev)])
+    assert not pred.exists() and (tmp_path / "M_D.xlsx.torn").exists() and (tmp_path / "M_D_PREV.pkl.torn").exists()
+    assert part.read_bytes() == whole
+    assert set_aside_torn(str(tmp_path), "M", "D") == []

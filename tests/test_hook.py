@@ -1,5 +1,6 @@
 """The startup hook: lazy (no vlmeval import in unrelated processes), fail-safe, and effective."""
 
+import json
 import os
 import subprocess
 import sys
@@ -47,11 +48,19 @@ def test_plain_interpreter_imports_nothing_of_vlmeval():
     assert out.stdout.strip() == "['vlmeval_prm_hook']"
 
 
-def test_hook_import_cost_is_small():
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True)
-    line = next(ln for ln in out.stderr.splitlines() if ln.rstrip().endswith("vlmeval_prm_hook"))
-    cumulative_us = int(line.split("|")[1])
-    assert cumulative_us < 5000, line
+def test_hook_costs_one_small_module_at_startup():
+    """At interpreter start the hook adds exactly one module (itself): no vlmeval, no entry-point
+    scan (importlib.metadata), nothing heavy until ``vlmeval.config`` is imported. Counted, not timed."""
+    code = "import sys, json; print(json.dumps(sorted(sys.modules)))"
+
+    def modules(**env):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, check=True
+        )
+        return set(json.loads(out.stdout))
+
+    added = modules() - modules(VLMEVAL_PLUGINS_DISABLE="1")
+    assert added == {"vlmeval_prm_hook"}, added
 
 
 def test_config_import_registers_bon_names_without_building_models():

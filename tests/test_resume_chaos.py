@@ -1,5 +1,6 @@
 """Chaos: ``kill -9`` at random points of the tiny demo through the real ``python -m vlmeval.run``,
-ten times, then one run to the end. Nothing is lost, no candidate is sampled twice, none is scored
+ten times, then one run to the end (after cutting VLMEvalKit's prediction file short, as a kill
+while VLMEvalKit writes it would). Nothing is lost, no candidate is sampled twice, none is scored
 twice, and the candidates are the ones an uninterrupted run samples (each candidate's sampling seed
 comes from its sample key and index, not from how far the process got).
 
@@ -30,12 +31,31 @@ LINES = ROWS * (1 + 2 * N)  # a sample line, then N candidate and N score lines 
 
 def start(work, counters):
     (work / "LMUData").mkdir(exist_ok=True)
-    env = {**os.environ, "LMUData": str(work / "LMUData"), COUNTERS_ENV: str(counters), DEMO_ENV: "1",
-           "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "vlmeval.run", "--model", MODEL, "--data", DATA, "--judge", "exact_matching",
-           "--work-dir", str(work / "outputs"), "--limit", str(ROWS)]
-    return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "LMUData": str(work / "LMUData"),
+        COUNTERS_ENV: str(counters),
+        DEMO_ENV: "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlmeval.run",
+        "--model",
+        MODEL,
+        "--data",
+        DATA,
+        "--judge",
+        "exact_matching",
+        "--work-dir",
+        str(work / "outputs"),
+        "--limit",
+        str(ROWS),
+    ]
+    return subprocess.Popen(
+        cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(proc):
@@ -64,9 +84,9 @@ def test_kill_9_at_random_points_loses_nothing_and_redoes_nothing(tmp_path, unin
     rng = random.Random(seed)
     landed = []  # store lines when each kill landed
     for k in range(KILLS):
-        # a random point of what is left: start-up, sampling, scoring, a write, or VLMEvalKit's own
-        # steps once the store is complete (merging, writing the prediction file, evaluating)
-        target, extra = rng.randint(lines(tmp_path), LINES), rng.uniform(0.0, 0.6)
+        # a random point a little further on: sampling, scoring, a write, or (once the store is complete)
+        # VLMEvalKit's own steps: merging, writing the prediction file, evaluating
+        target, extra = lines(tmp_path) + rng.randint(0, 3), rng.uniform(0.0, 0.3)
         proc = start(tmp_path, tmp_path / f"counters{k}.jsonl")
         deadline = time.time() + 600
         while proc.poll() is None and lines(tmp_path) < target and time.time() < deadline:
@@ -77,12 +97,16 @@ def test_kill_9_at_random_points_loses_nothing_and_redoes_nothing(tmp_path, unin
         proc.communicate()
         landed.append(lines(tmp_path))
     print(f"seed {seed}: store lines when each kill landed: {landed} of {LINES}")
-    assert sum(0 < n < LINES for n in landed) >= 3, f"too few kills landed mid-work: {landed} (seed {seed})"
+    assert sum(0 < n < LINES for n in landed) >= 2, f"too few kills landed mid-work: {landed} (seed {seed})"
 
     before = index_records(read_records(str(store_path(tmp_path))))
     missing = sum(N - sum(e.text(i) is not None for i in range(N)) for e in before.values()) + N * (ROWS - len(before))
+    # and a kill in the middle of VLMEvalKit writing its prediction file (in place) leaves it cut short
+    pred = tmp_path / "outputs" / MODEL / f"{MODEL}_{DATA}.xlsx"
+    pred.write_bytes(pred.read_bytes()[:100] if pred.exists() else b"PK\x03\x04")
     counters = tmp_path / "final.jsonl"
     finish(start(tmp_path, counters))
+    assert (tmp_path / "outputs" / MODEL / f"{MODEL}_{DATA}.xlsx.torn").exists()
     counts = read_counter_file(str(counters))
     assert counts["policy_sequences"] == missing, (counts, seed)
 

@@ -34,7 +34,6 @@ from vlmeval_prm.store.records import CandidateRecord, SampleRecord, ScoreRecord
 log = get_logger(__name__)
 
 
-
 def sample_key(dataset: str | None, message: list[dict]) -> str:
     """Identity of a prompt: its text and, per image, the file name and content. Not the folder, so
     a store still matches after ``$LMUData`` (where VLMEvalKit dumps images) moves; the file name
@@ -46,7 +45,7 @@ def sample_key(dataset: str | None, message: list[dict]) -> str:
             try:
                 with open(value, "rb") as f:
                     value = f"{os.path.basename(value)}:{hashlib.sha256(f.read()).hexdigest()}"
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL or lone surrogate in the path
                 pass  # unreadable: the path stands in; the failure is recorded when sampling
         parts.append([m["type"], value])
     blob = json.dumps([dataset, parts], ensure_ascii=False, default=str)
@@ -89,12 +88,26 @@ class BestOfN(BaseModel):
     """Best-of-N over any VLMEvalKit model. Keyword arguments it does not know go to the base model
     (e.g. ``use_vllm``, which VLMEvalKit injects for Qwen2-VL names)."""
 
-    def __init__(self, model, n: int = 8, prm: str | None = None, prm_options: dict | None = None,
-                 temperature: float = 0.7, top_p: float = 0.95, top_k: int | None = None,
-                 max_new_tokens: int | None = None, first_greedy: bool = False, aggregate: str = "mean",
-                 batch_size: int | None = None,
-                 max_steps: int = MAX_STEPS, step_prompt: str = DEFAULT_STEP_PROMPT, orm: bool = False,
-                 retry_failed: bool = False, name: str | None = None, **base_kwargs):
+    def __init__(
+        self,
+        model,
+        n: int = 8,
+        prm: str | None = None,
+        prm_options: dict | None = None,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int | None = None,
+        max_new_tokens: int | None = None,
+        first_greedy: bool = False,
+        aggregate: str = "mean",
+        batch_size: int | None = None,
+        max_steps: int = MAX_STEPS,
+        step_prompt: str = DEFAULT_STEP_PROMPT,
+        orm: bool = False,
+        retry_failed: bool = False,
+        name: str | None = None,
+        **base_kwargs,
+    ):
         super().__init__()
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -105,9 +118,14 @@ class BestOfN(BaseModel):
         self.prm_spec = prm or os.environ.get(SPEC_ENV) or DEFAULT_PRM_SPEC
         self.prm_options = dict(prm_options or {})
         validate_spec(self.prm_spec, self.prm_options)  # a bad spec fails here, before any sampling
-        self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k,
-                                       max_new_tokens=max_new_tokens, first_greedy=first_greedy,
-                                       batch_size=batch_size)
+        self.sampling = SamplingConfig(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            first_greedy=first_greedy,
+            batch_size=batch_size,
+        )
         self.base_name = model if isinstance(model, str) else model.get("class", "custom")
         self.name = name or f"{self.base_name}-BoN{n}"
         self.base = build_base(model, **base_kwargs)
@@ -178,13 +196,16 @@ class BestOfN(BaseModel):
         key = sample_key(dataset, prompt)
         entry = store.get(key)
         if entry.sample is None:
-            store.append(SampleRecord(key=key, dataset=dataset, question=question, images=images, n=self.n,
-                                      policy=self.base_name))
+            store.append(
+                SampleRecord(
+                    key=key, dataset=dataset, question=question, images=images, n=self.n, policy=self.base_name
+                )
+            )
         self._sample_missing(store, entry, key, prompt, dataset)
         self._score_missing(store, entry, key, question, images, "step")
         if self.orm:
             self._score_missing(store, entry, key, question, images, "outcome")
-        return self._select(entry, key)
+        return self._select(entry, key, dataset)
 
     def _sample_missing(self, store: CandidateStore, entry: SampleRecords, key: str, prompt, dataset) -> None:
         """Sample the candidates the store lacks. A local policy is seeded per candidate
@@ -199,8 +220,9 @@ class BestOfN(BaseModel):
         written: set[int] = set()
 
         def record(j: int, s) -> CandidateRecord:
-            return CandidateRecord(key=key, i=missing[j], text=s.text, error=s.error, settings=s.settings,
-                                   policy=self.base_name)
+            return CandidateRecord(
+                key=key, i=missing[j], text=s.text, error=s.error, settings=s.settings, policy=self.base_name
+            )
 
         def write(j: int, s) -> None:  # stored the moment it exists
             store.append(record(j, s))
@@ -210,14 +232,21 @@ class BestOfN(BaseModel):
 
         if seeded:
             seed_sampling(candidate_seed(key, missing[0]))
-        samples = self.adapter.sample(self.base, prompt, dataset, len(missing), self.sampling,
-                                      greedy_first=self.sampling.first_greedy and missing[0] == 0,
-                                      on_sample=write)
+        samples = self.adapter.sample(
+            self.base,
+            prompt,
+            dataset,
+            len(missing),
+            self.sampling,
+            greedy_first=self.sampling.first_greedy and missing[0] == 0,
+            on_sample=write,
+        )
         # adapters that make one call for all candidates: all of them in one write
         store.append(*(record(j, s) for j, s in enumerate(samples) if j not in written))
 
-    def _score_missing(self, store: CandidateStore, entry: SampleRecords, key: str, question: str,
-                       images: list[str], mode: str) -> None:
+    def _score_missing(
+        self, store: CandidateStore, entry: SampleRecords, key: str, question: str, images: list[str], mode: str
+    ) -> None:
         todo = []
         for i in range(self.n):
             text, done = entry.text(i), entry.score(i, self.prm_spec, mode)
@@ -229,22 +258,33 @@ class BestOfN(BaseModel):
         results = self.prm.score(question, images, [steps for _, steps in todo], mode=mode)
         identity = getattr(self.prm, "identity", self.prm_spec)
         for (i, steps), res in zip(todo, results):
-            store.append(ScoreRecord(
-                key=key, i=i, prm=self.prm_spec, mode=mode,
-                response_score=response_score(res.scores, self.aggregate) if res.ok else None,
-                steps=res.steps, step_scores=res.scores, error=res.error, bounds=res.bounds,
-                meta={**res.meta, "identity": identity},
-                retry=res.error is not None and res.transient and bool(steps)))
+            store.append(
+                ScoreRecord(
+                    key=key,
+                    i=i,
+                    prm=self.prm_spec,
+                    mode=mode,
+                    response_score=response_score(res.scores, self.aggregate) if res.ok else None,
+                    steps=res.steps,
+                    step_scores=res.scores,
+                    error=res.error,
+                    bounds=res.bounds,
+                    meta={**res.meta, "identity": identity},
+                    retry=res.error is not None and res.transient and bool(steps),
+                )
+            )
 
     def _rescore(self, done: ScoreRecord) -> bool:
         """A stored failure is scored again when it was transient (connection error, timeout, 5xx), or
         with ``retry_failed`` when it has steps. Permanent ones (context length, no steps) stay failed."""
         return done.retry or (self.retry_failed and done.error is not None and bool(done.steps))
 
-    def _select(self, entry: SampleRecords, key: str) -> dict:
+    def _select(self, entry: SampleRecords, key: str, dataset: str | None) -> dict:
         """The report's rule (``strategies``, ``prm_<aggregate>``): a draw among the best-scored
         candidates, seeded by the sample key. An unscored candidate (no text, no steps, a failed
-        PRM call, a NaN or inf step score) is never picked over a scored one, and is counted."""
+        PRM call, a NaN or inf step score) is never picked over a scored one, and is counted. The
+        store keeps the whole reasoning; the prediction is what the base model's own CoT mode would
+        return for the chosen text (e.g. InternVL's MPO post-processing, MiniCPM's answer extraction)."""
         texts = [entry.text(i) for i in range(self.n)]
         records = [entry.score(i, self.prm_spec, "step") for i in range(self.n)]
         failures = {"generation": 0, "no_steps": 0, "prm": 0, "non_finite": 0}
@@ -255,19 +295,39 @@ class BestOfN(BaseModel):
         present = [t for t in texts if t is not None]
         duplicates = len(present) - len(set(present))
         if duplicates:
-            log.warning("%s: %d of %d candidates are identical to an earlier one (key %s)",
-                        self.name, duplicates, len(present), key)
+            log.warning(
+                "%s: %d of %d candidates are identical to an earlier one (key %s)",
+                self.name,
+                duplicates,
+                len(present),
+                key,
+            )
         strategy = get_strategy(f"prm_{self.aggregate}")
-        cands = [Candidate(text=t, answer=None, correct=None, step_scores=r.scores if t is not None and r else None)
-                 for t, r in zip(texts, records)]
+        cands = [
+            Candidate(text=t, answer=None, correct=None, step_scores=r.scores if t is not None and r else None)
+            for t, r in zip(texts, records)
+        ]
         chosen = pick(strategy, cands, key)
-        summary = Summary(key=key, n=self.n, chosen=chosen, scores=[strategy.value(c) for c in cands],
-                          aggregate=self.aggregate, prm=self.prm_spec, failures=failures,
-                          unscored=sum(failures.values()),
-                          tied=[i for i, p in enumerate(strategy.probabilities(cands)) if p > 0],
-                          duplicates=duplicates)
+        summary = Summary(
+            key=key,
+            n=self.n,
+            chosen=chosen,
+            scores=[strategy.value(c) for c in cands],
+            aggregate=self.aggregate,
+            prm=self.prm_spec,
+            failures=failures,
+            unscored=sum(failures.values()),
+            tied=[i for i, p in enumerate(strategy.probabilities(cands)) if p > 0],
+            duplicates=duplicates,
+        )
         if chosen is None:
             prediction = f"{FAIL_MSG} vlmeval-prm: no candidate could be scored ({failures})"
+            log.warning(
+                "%s: no candidate of sample %s could be scored (%s); VLMEvalKit retries it on the next run",
+                self.name,
+                key,
+                failures,
+            )
         else:
-            prediction = texts[chosen]
+            prediction = self.adapter.final_answer(self.base, texts[chosen], dataset)
         return {"prediction": prediction, "extra_records": summary.to_json()}

@@ -78,8 +78,20 @@ def bon_name(base: str, n: int) -> str:
 
 
 #: ``BestOfN`` keyword arguments ``VLMEVAL_PRM_OPTIONS`` may set (tests check them against its signature).
-BON_OPTIONS = ("prm_options", "temperature", "top_p", "top_k", "max_new_tokens", "first_greedy", "aggregate",
-               "batch_size", "max_steps", "step_prompt", "orm", "retry_failed")
+BON_OPTIONS = (
+    "prm_options",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_new_tokens",
+    "first_greedy",
+    "aggregate",
+    "batch_size",
+    "max_steps",
+    "step_prompt",
+    "orm",
+    "retry_failed",
+)
 #: Keys a registered name fixes itself, with what to do instead.
 RESERVED_OPTIONS = {
     "model": "is the name's base model (<model>-BoN<N>)",
@@ -111,8 +123,10 @@ def bon_options() -> dict:
         close = difflib.get_close_matches(key, BON_OPTIONS, n=1)
         problems.append(f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     if problems:
-        raise OptionsError(f"{OPTIONS_ENV}: {'; '.join(problems)}. Valid keys: {', '.join(BON_OPTIONS)} "
-                           "(base model settings go in a --config JSON)")
+        raise OptionsError(
+            f"{OPTIONS_ENV}: {'; '.join(problems)}. Valid keys: {', '.join(BON_OPTIONS)} "
+            "(base model settings go in a --config JSON)"
+        )
     return opts
 
 
@@ -146,13 +160,16 @@ def register_bon(supported_VLM: dict) -> None:
     except OptionsError as exc:
         log.error("%s; every -BoN<N> name will refuse to build until it is fixed", exc)
         opts, factory = {}, RefuseToBuild(str(exc))
-    demo_prms = {TINY_POLICY: os.environ.get(SPEC_ENV, TINY_PRM_SPEC),
-                 SHAPES_POLICY: os.environ.get(SPEC_ENV, f"transformers:{shapes_prm_path()}")}
+    demo_prms = {
+        TINY_POLICY: os.environ.get(SPEC_ENV, TINY_PRM_SPEC),
+        SHAPES_POLICY: os.environ.get(SPEC_ENV, f"transformers:{shapes_prm_path()}"),
+    }
     for base in [k for k in supported_VLM if "-BoN" not in k and k not in PRM_MODELS]:
         extra = {"prm": demo_prms[base]} if base in demo_prms else {}
         for n in BON_SIZES:
-            supported_VLM.setdefault(bon_name(base, n),
-                                     partial(factory, model=base, n=n, name=bon_name(base, n), **extra, **opts))
+            supported_VLM.setdefault(
+                bon_name(base, n), partial(factory, model=base, n=n, name=bon_name(base, n), **extra, **opts)
+            )
 
 
 def register_classes() -> None:
@@ -178,9 +195,10 @@ def register_datasets() -> None:
 def wrap_inference() -> None:
     import vlmeval.inference as inference
 
-    from vlmeval_prm.host.run_context import wrap_api_pipeline, wrap_infer_data
+    from vlmeval_prm.host.run_context import wrap_api_pipeline, wrap_infer_data, wrap_infer_data_job
 
     inference.infer_data = wrap_infer_data(inference.infer_data)
+    inference.infer_data_job = wrap_infer_data_job(inference.infer_data_job)  # before run.py imports it
     try:  # ms-vlmeval's --api-mode pipeline; absent from upstream VLMEvalKit
         from vlmeval.inference_api import APIEvalPipeline
     except ImportError:
@@ -192,8 +210,13 @@ def register() -> None:
     """Entry point of group ``vlmeval.plugins``. Each part fails alone, with one logged error."""
     from vlmeval.config import supported_VLM
 
-    steps = (partial(register_models, supported_VLM), register_classes, register_datasets, wrap_inference,
-             partial(register_bon, supported_VLM))
+    steps = (
+        partial(register_models, supported_VLM),
+        register_classes,
+        register_datasets,
+        wrap_inference,
+        partial(register_bon, supported_VLM),
+    )
     for step in steps:
         try:
             step()

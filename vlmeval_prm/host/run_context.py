@@ -10,6 +10,9 @@ text (``infer_data_job``'s ``_PREV.pkl``: the ``prediction`` column only) while 
 come back from ``BestOfN.generate`` as ``{"prediction", "extra_records"}``. Its merge keeps the
 records only when every row is one, so it wrote ``str(dict)`` as the prediction and dropped the
 ``extra_records`` column. ``whole_records`` gives every row back its record first.
+
+A ``kill -9`` while VLMEvalKit writes its prediction or partial-result files in place leaves them
+unreadable, and every later run would stop on them: ``set_aside_torn`` moves them out of the way.
 """
 
 from __future__ import annotations
@@ -106,9 +109,61 @@ def whole_records(results: dict, previous_file: str | None, best_of_n: bool = Fa
             missing += record is None
             out[idx] = {"prediction": value, "extra_records": record}
     if missing:
-        log.warning("%d kept predictions have no Best-of-N record in %s; the report counts them as dropped",
-                    missing, previous_file)
+        log.warning(
+            "%d kept predictions have no Best-of-N record in %s; the report counts them as dropped",
+            missing,
+            previous_file,
+        )
     return out
+
+
+def set_aside_torn(work_dir: str, model_name: str, dataset_name: str) -> list[str]:
+    """Rename (``.torn``) the files of this run VLMEvalKit would load and cannot: written whole by
+    ``dump`` but cut short by a ``kill -9`` (VLMEvalKit writes them in place). Unread, each would stop
+    every later run; what they held is in the candidate store, so the run rebuilds it without
+    sampling or scoring again. Paths as ``vlmeval/inference.py`` names them; rank 0 owns the shared
+    ones. Returns the paths set aside."""
+    from vlmeval.smp import get_pred_file_path, get_rank_and_world_size, load
+
+    rank, world_size = get_rank_and_world_size()
+    paths = [os.path.join(work_dir, f"{rank}{world_size}_{dataset_name}.pkl")]
+    if rank == 0:
+        paths += [
+            get_pred_file_path(work_dir, model_name, dataset_name, use_env_format=True),
+            os.path.join(work_dir, f"{model_name}_{dataset_name}_PREV.pkl"),
+            os.path.join(work_dir, f"{model_name}_{dataset_name}_checkpoint.pkl"),
+        ]
+    torn = []
+    for path in filter(os.path.exists, paths):
+        try:
+            load(path)
+        except Exception as exc:
+            os.replace(path, f"{path}.torn")
+            log.warning(
+                "%s cannot be read (%s: %s), as a killed run leaves it; set aside as %s.torn",
+                path,
+                type(exc).__name__,
+                exc,
+                path,
+            )
+            torn.append(path)
+    return torn
+
+
+def wrap_infer_data_job(infer_data_job):
+    """``infer_data_job`` that first sets aside the files a killed run left unreadable."""
+    if getattr(infer_data_job, "vlmeval_prm_wrapped", False):
+        return infer_data_job
+    signature = inspect.signature(infer_data_job)
+
+    @functools.wraps(infer_data_job)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        set_aside_torn(bound["work_dir"], bound["model_name"], bound["dataset"].dataset_name)
+        return infer_data_job(*args, **kwargs)
+
+    wrapper.vlmeval_prm_wrapped = True
+    return wrapper
 
 
 def wrap_infer_data(infer_data):
@@ -169,8 +224,9 @@ def wrap_api_pipeline(pipeline_cls) -> None:
         results = whole_records(dict(cfg.results_dict), str(cfg.result_file), is_best_of_n(cfg.model_obj))
         if any(is_record(v) for v in results.values()):
             data = cfg.dataset_obj.data
-            data["extra_records"] = [results[str(i)]["extra_records"] if str(i) in results else None
-                                     for i in data["index"]]
+            data["extra_records"] = [
+                results[str(i)]["extra_records"] if str(i) in results else None for i in data["index"]
+            ]
             cfg.results_dict.update({k: v["prediction"] for k, v in results.items()})
         return save(self, dataset_name, *args, **kwargs)
 
