@@ -1,7 +1,7 @@
 """Best-of-N work counts on CPU with the tiny models: what one sample costs.
 
 Prints generations per sample (batched ``num_return_sequences`` vs N sequential calls), PRM forward
-passes and prefill tokens per sample (one pass per candidate vs one pass per step prefix), and the
+passes and prefill tokens per sample (shared prefix, one pass per candidate, one pass per step prefix), and the
 wall-time ratio of sequential to batched sampling of N=8. Run: ``python benchmarks/bench_bon_cpu.py``.
 """
 
@@ -56,6 +56,7 @@ def main() -> None:
     policy = TransformersChat("tiny:policy", max_new_tokens=48)
     adapter, cfg = get_adapter(policy), SamplingConfig()
     prm = build_scorer("transformers:tiny:prm", batch_size=args.n)
+    full = build_scorer("transformers:tiny:prm", batch_size=args.n, share_prefix=False)
     with tempfile.TemporaryDirectory() as tmp:
         msgs = questions(args.samples, tmp)
         settings = adapter.settings(cfg, greedy=False)
@@ -76,17 +77,23 @@ def main() -> None:
         t_seq = time.perf_counter() - t0
         calls_seq = COUNTS["policy_generate_calls"]
 
+        scored = [
+            (m[1]["value"], m[0]["value"], [split_steps(s.text) or ["(empty)"] for s in samples])
+            for m, samples in zip(msgs, batched)
+        ]
+        COUNTS.clear()
+        for question, image, cands in scored:
+            full.score(question, [image], cands)
+        one_pass_tokens = COUNTS["prm_prefill_tokens"]
         COUNTS.clear()
         prefix_pass_tokens, steps_total = 0, 0
-        for m, samples in zip(msgs, batched):
-            question, image = m[1]["value"], m[0]["value"]
-            cands = [split_steps(s.text) or ["(empty)"] for s in samples]
+        for question, image, cands in scored:
             prm.score(question, [image], cands)
             pil = load_images([image])[0]
             for steps in cands:
                 prefix_pass_tokens += prefix_tokens(prm, question, pil, steps)
                 steps_total += len(steps)
-        one_pass_tokens = COUNTS["prm_prefill_tokens"]
+        shared_tokens = COUNTS["prm_prefill_tokens"]
         sequences = COUNTS["prm_sequences"]
         s = args.samples
         print(f"tiny models on CPU, {s} samples, N={args.n}, {steps_total / (s * args.n):.1f} steps per candidate")
@@ -96,13 +103,13 @@ def main() -> None:
             f"sequential/batched = {t_seq / t_batched:.2f}x"
         )
         print(
-            f"PRM forward passes per sample: {COUNTS['prm_forward_passes'] / s:.0f} batched "
-            f"({sequences / s:.0f} sequences, one per candidate); one pass per step prefix would be "
-            f"{steps_total / s:.0f}"
+            f"PRM forward passes per sample: {COUNTS['prm_forward_passes'] / s:.0f} (the shared prefix, then "
+            f"{sequences / s:.0f} candidates in one batch); one pass per step prefix would be {steps_total / s:.0f}"
         )
         print(
-            f"PRM prefill tokens per sample: one pass per candidate {one_pass_tokens / s:.0f}, "
-            f"per step prefix {prefix_pass_tokens / s:.0f} ({prefix_pass_tokens / one_pass_tokens:.2f}x)"
+            f"PRM prefill tokens per sample: shared prefix {shared_tokens / s:.0f}, one pass per candidate "
+            f"{one_pass_tokens / s:.0f} ({one_pass_tokens / shared_tokens:.2f}x), per step prefix "
+            f"{prefix_pass_tokens / s:.0f} ({prefix_pass_tokens / shared_tokens:.2f}x)"
         )
 
 

@@ -30,7 +30,8 @@ WORDS = (
 
 
 def workload(n_questions: int, n: int, folder: str) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(question, image paths, candidates): 1 or 2 images, candidates of 1 to 9 steps of 4 to 30 words."""
+    """(question, image paths, candidates): 1 or 2 images, candidates of 1 to 10 steps of 4 to 30 words; in
+    every third question all candidates share their first step, in another two candidates are the same."""
     rng = random.Random(0)
     out = []
     for q in range(n_questions):
@@ -46,6 +47,10 @@ def workload(n_questions: int, n: int, folder: str) -> list[tuple[str, list[str]
             [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + "." for _ in range(rng.randint(1, 9))]
             for _ in range(n)
         ]
+        if q % 3 == 0:  # as sampled candidates often do: all open with the same step
+            candidates = [["First, read the figure carefully."] + c for c in candidates]
+        elif q % 3 == 1:  # and some are drawn twice
+            candidates[1] = list(candidates[0])
         out.append((question, images, candidates))
     return out
 

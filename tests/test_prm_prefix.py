@@ -81,10 +81,8 @@ def test_native_shared_prefix_scores_equal_full_scoring(native, images, n_images
     (a, counts_a), (b, counts_b) = scored(shared, imgs), scored(full, imgs)
     assert_same_scores(a, b)
     rows = token_rows(shared, imgs)
-    # the prefix stops before the first read position (candidates 0 and 3 share their first step)
-    reads = [shared.placeholder_positions(r)[0] - 1 for r in rows]
-    prefix = min(common_prefix_length(rows), *reads)
-    assert 0 < prefix < common_prefix_length([rows[0], rows[3]])
+    prefix = common_prefix_length(rows)
+    assert 0 < prefix < min(shared.placeholder_positions(r)[0] for r in rows)
     assert counts_b["prm_prefill_tokens"] == sum(map(len, rows))
     assert counts_a["prm_prefill_tokens"] == prefix + sum(len(r) - prefix for r in rows)
     assert counts_a["prm_prefill_tokens"] < counts_b["prm_prefill_tokens"] / 2
@@ -100,6 +98,21 @@ def test_the_memory_budget_splits_the_candidates_into_batches(tiny_paths, native
     assert_same_scores(a, b)
     assert 1 + 2 <= counts["prm_forward_passes"] <= 1 + len(CANDIDATES) // 2  # at least two batches of 2+
     assert counts["prm_sequences"] == len(CANDIDATES)
+
+
+def test_steps_all_candidates_share_are_scored_from_the_prefix(native, images):
+    """All candidates share their first step (and two are identical): the prefix runs past the first
+    "+", whose score comes from the prefix's own forward; the identical pair needs no suffix at all."""
+    shared, full = native
+    candidates = [["Look at the figure first."] + c for c in CANDIDATES[:3]] + [["Look at the figure first."]] * 2
+    (a, counts), (b, _) = scored(shared, images[:1], candidates), scored(full, images[:1], candidates)
+    assert_same_scores(a, b)
+    rows = token_rows(shared, images[:1], candidates)
+    prefix = common_prefix_length(rows)
+    assert prefix > shared.placeholder_positions(rows[0])[0]  # the first step's "+" is inside the prefix
+    assert prefix == len(rows[3]) == len(rows[4])
+    assert counts["prm_prefill_tokens"] == prefix + sum(len(r) - prefix for r in rows)
+    assert counts["prm_forward_passes"] == 2 and counts["prm_sequences"] == len(candidates)
 
 
 def test_a_bad_candidate_fails_alone_and_the_rest_share_the_prefix(native, images):
@@ -267,7 +280,7 @@ def test_remote_code_shared_prefix_scores_equal_full_scoring(remote, images, n_i
     rows = token_rows(shared, imgs)
     image_tokens = sum(r.count(shared.inputs.context_id) for r in rows[:1])
     assert image_tokens == NUM_IMAGE_TOKEN * sum(shared.inputs.images(imgs)[1] if imgs else [0])
-    prefix = min(common_prefix_length(rows), *(shared.placeholder_positions(r)[0] - 1 for r in rows))
+    prefix = common_prefix_length(rows)
     assert counts_b["prm_prefill_tokens"] == sum(map(len, rows))
     assert counts_a["prm_prefill_tokens"] == prefix + sum(len(r) - prefix for r in rows)
     assert counts_a["prm_forward_passes"] == 2
@@ -278,3 +291,13 @@ def test_remote_code_images_reach_the_shared_prefix(remote, images):
     with_image = shared.score(QUESTION, images[1:], CANDIDATES[:2])
     without = shared.score(QUESTION, [], CANDIDATES[:2])
     assert with_image[0].scores != pytest.approx(without[0].scores, abs=1e-4)
+
+
+def test_remote_code_scores_shared_steps_from_the_prefix(remote, images):
+    shared, full = remote
+    candidates = [["Look at the figure first."] + c for c in CANDIDATES[:3]] + [["Look at the figure first."]]
+    (a, counts), (b, _) = scored(shared, images[:1], candidates), scored(full, images[:1], candidates)
+    assert_same_scores(a, b)
+    rows = token_rows(shared, images[:1], candidates)
+    assert common_prefix_length(rows) == len(rows[3])
+    assert counts["prm_forward_passes"] == 2

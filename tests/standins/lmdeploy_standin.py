@@ -90,7 +90,8 @@ class _TorchRunner:
 
         # eager attention: a prefix forward gives exactly the logits of the full forward (CPU)
         self.model = AutoModelForImageTextToText.from_pretrained(
-            model_path, dtype=torch.float32, attn_implementation="eager").eval()
+            model_path, dtype=torch.float32, attn_implementation="eager"
+        ).eval()
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._cache_size = forward_cache
@@ -163,8 +164,7 @@ class _StandinEngine:
         return _EngineInstance(self)
 
     async def get_health_status(self) -> dict:
-        return dict(alive=True, message="Stand-in engine is healthy.",
-                    schedule_metrics=self.get_schedule_metrics())
+        return dict(alive=True, message="Stand-in engine is healthy.", schedule_metrics=self.get_schedule_metrics())
 
     def get_schedule_metrics(self) -> ScheduleMetrics:
         return ScheduleMetrics(active_seqs=self.active, scheduler_tick=self.tick)
@@ -197,8 +197,15 @@ class _EngineInstance:
     async def async_end(self, session_id: int) -> None:
         self._cancelled.discard(session_id)
 
-    async def async_stream_infer(self, session_id: int, input_ids: list[int], gen_config: GenerationConfig = None,
-                                 multimodal=None, adapter_name=None, **kwargs):
+    async def async_stream_infer(
+        self,
+        session_id: int,
+        input_ids: list[int],
+        gen_config: GenerationConfig = None,
+        multimodal=None,
+        adapter_name=None,
+        **kwargs,
+    ):
         eng = self.engine
         gen_config = gen_config or GenerationConfig()
         eng.stats.engine_calls += 1
@@ -210,7 +217,7 @@ class _EngineInstance:
             if gen_config.logprob_start_len >= 0:  # scoring only: rows for the prompt, nothing generated
                 start = gen_config.logprob_start_len
                 logits = await asyncio.to_thread(eng.runner.logits, input_ids, multimodal)
-                rows = _rows(eng.scores(logits[start:-1], gen_config), input_ids[start + 1:], gen_config.logprobs)
+                rows = _rows(eng.scores(logits[start:-1], gen_config), input_ids[start + 1 :], gen_config.logprobs)
                 eng.tick += 1
                 yield EngineOutput(ResponseType.FINISH, [], logprobs=rows)
                 return
@@ -319,8 +326,13 @@ class _ReplayMiddleware:
                 await send(message)
             return
         sent: list[dict] = []
+        read = False
 
-        async def replay_body():
+        async def replay_body():  # the body once, then the real channel (a streaming response waits on it)
+            nonlocal read
+            if read:
+                return await receive()
+            read = True
             return {"type": "http.request", "body": key[1], "more_body": False}
 
         async def recording(message):
@@ -354,11 +366,22 @@ async def _drop_connection(send) -> None:
     await asyncio.sleep(0.05)  # let uvicorn see the disconnect, so it does not try to answer
 
 
-def build_app(model_path: str, *, model_name: str | None = None, api_keys: list[str] | None = None,
-              session_len: int | None = None, logprobs_mode: str | None = "raw_logprobs",
-              engine: str = "pytorch", max_batch_size: int = 256, forward_cache: int = 0, replay: bool = False,
-              chat_template: str | None = None, faults: Faults | None = None, stats: Stats | None = None,
-              log_level: str = "ERROR"):
+def build_app(
+    model_path: str,
+    *,
+    model_name: str | None = None,
+    api_keys: list[str] | None = None,
+    session_len: int | None = None,
+    logprobs_mode: str | None = "raw_logprobs",
+    engine: str = "pytorch",
+    max_batch_size: int = 256,
+    forward_cache: int = 0,
+    replay: bool = False,
+    chat_template: str | None = None,
+    faults: Faults | None = None,
+    stats: Stats | None = None,
+    log_level: str = "ERROR",
+):
     """The ASGI app, assembled like ``lmdeploy.serve.openai.api_server.serve`` does.
 
     ``session_len`` is the context length (LMDeploy answers 400 beyond it); ``engine`` is
@@ -388,20 +411,30 @@ def build_app(model_path: str, *, model_name: str | None = None, api_keys: list[
     stats = stats or Stats()
     # Requests always take LMDeploy's PyTorch-backend path (same image tokens); with "turbomind" the
     # engine reports TurboMind's config, which is what LMDeploy's endpoint checks look at.
-    build_config = PytorchEngineConfig(session_len=session_len, max_batch_size=max_batch_size,
-                                       logprobs_mode=logprobs_mode, enable_metrics=False)
+    build_config = PytorchEngineConfig(
+        session_len=session_len, max_batch_size=max_batch_size, logprobs_mode=logprobs_mode, enable_metrics=False
+    )
     config = build_config
     if engine == "turbomind":
         config = TurbomindEngineConfig(session_len=session_len, max_batch_size=max_batch_size, enable_metrics=False)
     standin = _StandinEngine(config, _TorchRunner(model_path, forward_cache), faults, stats, engine == "turbomind")
     context = ServerContext()
     context.default_gen_config = resolve_default_gen_config("auto", model_path, False)
-    context.async_engine = _StandinAsyncEngine(model_path, standin, build_config, model_name=model_name,
-                                               chat_template_config=get_chat_template(chat_template, model_path))
+    context.async_engine = _StandinAsyncEngine(
+        model_path,
+        standin,
+        build_config,
+        model_name=model_name,
+        chat_template_config=get_chat_template(chat_template, model_path),
+    )
     config.session_len = context.async_engine.session_len
     set_parsers(context)
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=create_lifespan_handler(config, context.async_engine, context))
+    app = FastAPI(
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=create_lifespan_handler(config, context.async_engine, context),
+    )
     app.include_router(create_openai_router(context))
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
     if api_keys:
@@ -437,8 +470,9 @@ class StandinServer:
     refused), as while LMDeploy loads weights.
     """
 
-    def __init__(self, app, faults: Faults, stats: Stats, start_delay: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0):
+    def __init__(
+        self, app, faults: Faults, stats: Stats, start_delay: float = 0.0, host: str = "127.0.0.1", port: int = 0
+    ):
         import uvicorn
 
         self.faults, self.stats = faults, stats
@@ -503,8 +537,15 @@ class StandinServer:
 
 
 @contextlib.contextmanager
-def serve_standin(model_path: str, *, start_delay: float = 0.0, latency: float = 0.0, record_bodies: bool = False,
-                  port: int = 0, **app_options) -> Iterator[StandinServer]:
+def serve_standin(
+    model_path: str,
+    *,
+    start_delay: float = 0.0,
+    latency: float = 0.0,
+    record_bodies: bool = False,
+    port: int = 0,
+    **app_options,
+) -> Iterator[StandinServer]:
     """Serve ``model_path`` (a directory, or "tiny:prm") until the block ends; yields the server.
     ``record_bodies`` keeps every inference request body in ``server.stats.bodies``; ``port`` 0 is a
     free one (give a dead server's port to bring it back at the same URL)."""
@@ -529,8 +570,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--forward-cache", type=int, default=0)
     parser.add_argument("--replay", action="store_true", help="answer repeated requests with recorded responses")
     args = parser.parse_args(argv)
-    with serve_standin(args.model, latency=args.latency, model_name=args.model_name, engine=args.engine,
-                       forward_cache=args.forward_cache, replay=args.replay) as server:
+    with serve_standin(
+        args.model,
+        latency=args.latency,
+        model_name=args.model_name,
+        engine=args.engine,
+        forward_cache=args.forward_cache,
+        replay=args.replay,
+    ) as server:
         print(f"READY {server.url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

@@ -19,11 +19,11 @@ Shared prefix (``share_prefix``, on by default): the N candidates of a question 
 tokens (system turn, image tokens, question), so that prefix is prefilled once, with the images,
 and its KV cache is expanded across a batch of candidates whose own tokens (the suffixes) extend it.
 Prefill work drops from N·P + ΣR_i tokens to P + ΣR_i, and the vision encoder runs once instead
-of N times. The prefix is the longest common token prefix, cut before the first position whose
-logits are read, so every score comes from a suffix forward. Batches are sized so the expanded
-caches fit ``kv_budget_mb``. Sharing needs a decoder whose positions are plain 1D offsets and
-whose image inputs enter only through the prompt's image tokens: remote-code InternVL (its
-``language_model`` extended after ``extract_feature`` fills the image tokens, as
+of N times. The prefix is the longest common token prefix; steps whose "+" falls inside it (when
+candidates share whole steps) are scored from the prefix's own hidden states, once. Batches are
+sized so the expanded caches fit ``kv_budget_mb``. Sharing needs a decoder whose positions are
+plain 1D offsets and whose image inputs enter only through the prompt's image tokens: remote-code
+InternVL (its ``language_model`` extended after ``extract_feature`` fills the image tokens, as
 ``InternVLChatModel.forward`` does) and the native types in ``SHARED_PREFIX_MODEL_TYPES``; other
 models (e.g. Qwen2-VL's 3D M-RoPE positions) are scored unshared. Scores match the unshared
 computation to float rounding (tests/test_prm_prefix.py).
@@ -32,6 +32,7 @@ computation to float rounding (tests/test_prm_prefix.py).
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Sequence
 
 from vlmeval_prm.counters import bump
@@ -200,7 +201,9 @@ class _NativeInputs:
         return rows, one
 
     def prefill(self, prefix, image_inputs: dict):
-        return _cache_of(self.model.base_model(input_ids=prefix[None], use_cache=True, **image_inputs))
+        """The prefix's KV cache and its last hidden states ([tokens, hidden])."""
+        out = self.model.base_model(input_ids=prefix[None], use_cache=True, **image_inputs)
+        return _cache_of(out), out.last_hidden_state[0]
 
     def extend(self, cache, input_ids, attention_mask):
         base = self.model.base_model
@@ -286,7 +289,7 @@ class _InternVLRemoteInputs:
         return self.tokenizer([self.expand(t, counts) for t in texts])["input_ids"], {"tiles": tiles}
 
     def prefill(self, prefix, image_inputs: dict):
-        """The prefix's KV cache. As in ``InternVLChatModel.forward`` (InternVL
+        """The prefix's KV cache and last hidden states. As in ``InternVLChatModel.forward`` (InternVL
         ``internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py``): token embeddings with
         every <IMG_CONTEXT> position replaced, in order, by ``extract_feature``'s tile embeddings."""
         torch = self._torch
@@ -303,7 +306,8 @@ class _InternVLRemoteInputs:
         if vit.shape[0] != int(selected.sum()):
             raise ValueError(f"{int(selected.sum())} image tokens in the prefix for {vit.shape[0]} tile embeddings")
         embeds[0, selected] = vit.to(embeds.dtype)
-        return _cache_of(lm.get_decoder()(inputs_embeds=embeds, use_cache=True))
+        out = lm.get_decoder()(inputs_embeds=embeds, use_cache=True)
+        return _cache_of(out), out.last_hidden_state[0]
 
     def extend(self, cache, input_ids, attention_mask):
         decoder = self.model.language_model.get_decoder()
@@ -472,35 +476,46 @@ class TransformersPRM(PRMScorer):
             reads[i] = [p - 1 for p in pos]
         if len(reads) < 2:
             return out
-        # the shared tokens, up to the first position whose logits are read; image tokens must all be in it
-        prefix = min(common_prefix_length([rows[i] for i in reads]), min(r[0] for r in reads.values()))
+        # every token the candidates share; the image tokens must all be in it
+        prefix = common_prefix_length([rows[i] for i in reads])
         image_token = self.inputs.image_token_id
         shareable = [i for i in reads if prefix > 0 and image_token not in rows[i][prefix:]]
         if len(shareable) < 2:
             return out
         with torch.inference_mode():
-            cache = self.inputs.prefill(
+            cache, hidden = self.inputs.prefill(
                 torch.tensor(rows[shareable[0]][:prefix], device=self.model.device), image_inputs
             )
+            # steps read inside the prefix (candidates that share whole steps) are scored from it, once
+            early = sorted({r for i in shareable for r in reads[i] if r < prefix})
+            shared_scores = dict(zip(early, self._p_good(hidden[early]))) if early else {}
         bump("prm_forward_passes")
         bump("prm_prefill_tokens", prefix)
+        late = {i: [r for r in reads[i] if r >= prefix] for i in shareable}
         per_row_token = cache_bytes(cache) / prefix
-        order = sorted(shareable, key=lambda i: len(rows[i]), reverse=True)  # similar lengths pad less
+        order = sorted((i for i in shareable if late[i]), key=lambda i: len(rows[i]), reverse=True)  # less padding
+        extended: dict[int, list[float]] = {i: [] for i in shareable if not late[i]}  # scored by the prefix alone
+        bump("prm_sequences", len(extended))
         while order:
             size = max(1, min(self.batch_size, int(self.kv_budget // (per_row_token * len(rows[order[0]])))))
             chunk, order = order[:size], order[size:]
             try:
-                scores = self._extend(cache, prefix, [rows[i] for i in chunk], [reads[i] for i in chunk])
+                values = self._extend(cache, prefix, [rows[i] for i in chunk], [late[i] for i in chunk])
+                extended.update(zip(chunk, values))
             except Exception as exc:  # left to the unshared path, which isolates the candidate that broke it
                 log.warning("shared-prefix batch of %d candidates failed (%s); scoring them in full", len(chunk), exc)
-                continue
-            for i, values in zip(chunk, scores):
-                out[i] = StepScores(steps=batch[i], scores=values)
+        for i, values in extended.items():
+            out[i] = StepScores(steps=batch[i], scores=[shared_scores[r] for r in reads[i] if r < prefix] + values)
         return out
 
+    def _p_good(self, hidden) -> list[float]:
+        """P(+) from last hidden states: the head on those rows only, softmax over the two labels."""
+        pair = self.inputs.head(hidden)[:, [self.good_id, self.bad_id]].float()
+        return self._torch.softmax(pair, dim=-1)[:, 0].tolist()
+
     def _extend(self, cache, prefix: int, rows: list[list[int]], reads: list[list[int]]) -> list[list[float]]:
-        """One forward of the candidates' own tokens (right-padded) over the expanded prefix cache; the
-        head runs on the read positions only. P(+) per read position, per candidate."""
+        """One forward of the candidates' own tokens (right-padded) over the expanded prefix cache.
+        P(+) at the read positions (all past the prefix), per candidate."""
         torch = self._torch
         width = max(len(r) for r in rows) - prefix
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -513,9 +528,9 @@ class TransformersPRM(PRMScorer):
         device = self.model.device
         with torch.inference_mode():
             hidden = self.inputs.extend(expand_cache(cache, len(rows)), ids.to(device), mask.to(device))
-            picked = torch.cat([hidden[j, [p - prefix for p in read]] for j, read in enumerate(reads)])
-            pair = self.inputs.head(picked)[:, [self.good_id, self.bad_id]].float()
+            values = self._p_good(torch.cat([hidden[j, [p - prefix for p in read]] for j, read in enumerate(reads)]))
         bump("prm_forward_passes")
         bump("prm_sequences", len(rows))
         bump("prm_prefill_tokens", sum(len(r) - prefix for r in rows))
-        return [part.tolist() for part in torch.softmax(pair, dim=-1)[:, 0].split([len(read) for read in reads])]
+        ends = list(itertools.accumulate(len(read) for read in reads))
+        return [values[end - len(read) : end] for end, read in zip(ends, reads)]

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import json
 import math
 import mimetypes
 import os
@@ -51,7 +53,7 @@ from vlmeval_prm.prm.conversation import (
     chat_template,
     render_prompt,
 )
-from vlmeval_prm.prm.http import AsyncJSONClient, LoopThread, RequestFailed
+from vlmeval_prm.prm.http import AsyncJSONClient, LoopThread, RawJSON, RequestFailed
 from vlmeval_prm.prm.pool import Server, ServerPool
 
 log = get_logger(__name__)
@@ -130,6 +132,31 @@ def image_data_url(path: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def _read_rows(events: list, server: Server, *, n_steps: int) -> tuple[list, int | None, int] | str:
+    """(P(+) or bound per step, prompt tokens, rows) from a /generate stream's events, or what is wrong."""
+    # LMDeploy 0.18 sends the prompt rows once, on the last event; gather them in order regardless
+    metas = [e.get("meta_info") or {} for e in events]
+    rows = [r for m in metas for r in m.get("input_token_logprobs") or []]
+    tops = [t for m in metas for t in m.get("input_top_logprobs") or []]
+    if not rows or len(tops) != len(rows):
+        return (
+            f"{server.url} returned no prompt logprobs; start it with the PyTorch engine and "
+            "--logprobs-mode raw_logprobs"
+        )
+    targets = [tok for _, tok in rows]  # row j: the distribution that predicts targets[j]
+    pattern, n = server.pattern, len(server.pattern)
+    places = [
+        j for j in range(n - 1, len(targets)) if targets[j] == pattern[-1] and targets[j - n + 1 : j + 1] == pattern
+    ]
+    if len(places) != n_steps:
+        return f"found {len(places)} score placeholders for {n_steps} steps"
+    values = []
+    for j in places:
+        top = {tok: lp for lp, tok in tops[j]}
+        values.append(two_way(rows[j][0], top.get(server.bad_id), min(top.values())))
+    return values, (metas[-1] if metas else {}).get("prompt_tokens"), len(rows)
+
+
 class LMDeployPRM(PRMScorer):
     """PRMScorer over one or more LMDeploy api_servers (``target``: URLs separated by commas).
 
@@ -147,11 +174,24 @@ class LMDeployPRM(PRMScorer):
     key comes from ``api_key`` or ``LMDEPLOY_API_KEY``; it is sent as a Bearer token, kept nowhere else.
     """
 
-    def __init__(self, target: str, system_prompt: str | None = PRM_SYSTEM_PROMPT, template: str | dict | None = None,
-                 mode: str = "auto", top_logprobs: int | None = None, concurrency: int = 32, timeout: float = 120.0,
-                 connect_timeout: float = 10.0, max_retries: int = 3, backoff: float = 0.5,
-                 startup_timeout: float = 600.0, health_interval: float = 10.0, health_timeout: float = 10.0,
-                 api_key: str | None = None, skip_prefix_rows: bool = False):
+    def __init__(
+        self,
+        target: str,
+        system_prompt: str | None = PRM_SYSTEM_PROMPT,
+        template: str | dict | None = None,
+        mode: str = "auto",
+        top_logprobs: int | None = None,
+        concurrency: int = 32,
+        timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        startup_timeout: float = 600.0,
+        health_interval: float = 10.0,
+        health_timeout: float = 10.0,
+        api_key: str | None = None,
+        skip_prefix_rows: bool = False,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if top_logprobs is not None and top_logprobs < 1:
@@ -168,10 +208,17 @@ class LMDeployPRM(PRMScorer):
         key = api_key or os.environ.get("LMDEPLOY_API_KEY") or None
 
         async def make_clients():  # built on the loop that will use them
-            http = AsyncJSONClient(api_key=key, timeout=timeout, connect_timeout=connect_timeout,
-                                   max_retries=max_retries, backoff=backoff, concurrency=concurrency)
-            return http, ServerPool(http, health_interval=health_interval, health_timeout=health_timeout,
-                                    wait_timeout=startup_timeout)
+            http = AsyncJSONClient(
+                api_key=key,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                max_retries=max_retries,
+                backoff=backoff,
+                concurrency=concurrency,
+            )
+            return http, ServerPool(
+                http, health_interval=health_interval, health_timeout=health_timeout, wait_timeout=startup_timeout
+            )
 
         self._http, self.pool = self._loop.run(make_clients())
         try:
@@ -185,9 +232,15 @@ class LMDeployPRM(PRMScorer):
         if self.mode == "chat":
             self.top_logprobs = min(self.top_logprobs, CHAT_MAX_TOP_LOGPROBS)
         self.identity = f"lmdeploy:{self._model}@{self.mode}"
-        log.info("LMDeploy PRM %s: %d of %d server(s) ready, %s", self.identity, len(servers), len(self.urls),
-                 "one /generate request per candidate (prompt logprobs)" if self.mode == "generate"
-                 else "fallback: one /v1/chat/completions request per step")
+        log.info(
+            "LMDeploy PRM %s: %d of %d server(s) ready, %s",
+            self.identity,
+            len(servers),
+            len(self.urls),
+            "one /generate request per candidate (prompt logprobs)"
+            if self.mode == "generate"
+            else "fallback: one /v1/chat/completions request per step",
+        )
 
     def __repr__(self) -> str:
         return f"LMDeployPRM(urls={self.urls!r}, mode={getattr(self, 'mode', None)!r})"
@@ -269,13 +322,16 @@ class LMDeployPRM(PRMScorer):
         model = models["data"][0]["id"]
         good, bad = self.fmt.good_token, self.fmt.bad_token
         header = self.fmt.template.header("assistant")
-        enc = await self._http.request("POST", f"{url}/v1/encode",
-                                       {"input": [good, bad, header + good], "add_bos": False})
+        enc = await self._http.request(
+            "POST", f"{url}/v1/encode", {"input": [good, bad, header + good], "add_bos": False}
+        )
         ids = enc["input_ids"]
         for label, label_ids in ((good, ids[0]), (bad, ids[1])):
             if len(label_ids) != 1:
-                raise ValueError(f"{url}: the PRM tokenizer splits {label!r} into {len(label_ids)} tokens; "
-                                 "a one-token label is required")
+                raise ValueError(
+                    f"{url}: the PRM tokenizer splits {label!r} into {len(label_ids)} tokens; "
+                    "a one-token label is required"
+                )
         pattern = ids[2]
         if pattern[-1:] != ids[0]:
             raise ValueError(f"{url}: {good!r} does not stay one token after the assistant header {header!r}")
@@ -284,9 +340,14 @@ class LMDeployPRM(PRMScorer):
         return Server(url=url, model=model, mode=mode, pattern=pattern, bad_id=ids[1][0])
 
     async def _probe(self, url: str, prompt: str) -> str:
-        """"generate" if /generate returns prompt logprobs, else "chat" (server's reason logged)."""
-        payload = {"prompt": prompt, "max_tokens": 0, "return_logprob": True, "top_logprobs_num": 1,
-                   "logprob_start_len": 0}
+        """ "generate" if /generate returns prompt logprobs, else "chat" (server's reason logged)."""
+        payload = {
+            "prompt": prompt,
+            "max_tokens": 0,
+            "return_logprob": True,
+            "top_logprobs_num": 1,
+            "logprob_start_len": 0,
+        }
         try:
             body = await self._http.request("POST", f"{url}/generate", payload)
         except RequestFailed as exc:
@@ -306,8 +367,11 @@ class LMDeployPRM(PRMScorer):
         turns = build_conversation("What is 1 + 1?", ["1 + 1 = 2.", "The answer is 2."], 0, self.fmt)[:-1]
         ours = self.fmt.template.render(turns, IMAGE_TOKEN) + self.fmt.template.header("assistant")
         enc = await self._http.request("POST", f"{server.url}/v1/encode", {"input": ours, "add_bos": True})
-        body = await self._http.request("POST", f"{server.url}/v1/chat/completions", {
-            "model": server.model, "messages": chat_messages(turns, []), "max_tokens": 1, "temperature": 1.0})
+        body = await self._http.request(
+            "POST",
+            f"{server.url}/v1/chat/completions",
+            {"model": server.model, "messages": chat_messages(turns, []), "max_tokens": 1, "temperature": 1.0},
+        )
         served = (body.get("usage") or {}).get("prompt_tokens")
         if served != enc["length"]:
             raise ValueError(
@@ -316,16 +380,19 @@ class LMDeployPRM(PRMScorer):
                 "be out of distribution. Likely cause: the checkpoint has no chat template and LMDeploy fell back "
                 "to its 'base' template, or --chat-template names the wrong one. Start the server with "
                 "--chat-template pointing at the PRM's template (see the README), or serve it with the PyTorch "
-                "engine and --logprobs-mode raw_logprobs so the plugin renders the prompt itself (/generate).")
+                "engine and --logprobs-mode raw_logprobs so the plugin renders the prompt itself (/generate)."
+            )
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def score(self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]],
-              mode: str = "step") -> list[StepScores]:
+    def score(
+        self, question: str, images: Sequence[str], candidates: Sequence[Sequence[str]], mode: str = "step"
+    ) -> list[StepScores]:
         steps_list, results = prepare(candidates, mode)
         todo = [i for i, r in enumerate(results) if r is None]
         try:
-            urls = [image_data_url(p) for p in images]
+            # read, base64- and JSON-encoded once per sample; every request splices them in as they are
+            urls = [RawJSON(json.dumps(image_data_url(p))) for p in images]
         except ValueError as exc:
             return [r or failed(steps_list[i], str(exc)) for i, r in enumerate(results)]
         scored = self._loop.run(self._score_all(question, urls, [steps_list[i] for i in todo]))
@@ -352,7 +419,7 @@ class LMDeployPRM(PRMScorer):
         """
         prompt = self._prompt(question, len(urls), steps)
         shared = f"{question}\n\n### Solution Process:\n"
-        payload = {"prompt": prompt[:prompt.index(shared) + len(shared)], "max_tokens": 1}
+        payload = {"prompt": prompt[: prompt.index(shared) + len(shared)], "max_tokens": 1}
         if urls:
             payload["image_data"] = urls
         try:
@@ -363,42 +430,46 @@ class LMDeployPRM(PRMScorer):
             return 0
 
     async def _score_generate(self, question: str, urls: list[str], steps: list[str], start: int) -> StepScores:
-        payload = {"prompt": self._prompt(question, len(urls), steps), "max_tokens": 0, "return_logprob": True,
-                   "top_logprobs_num": self.top_logprobs, "logprob_start_len": start, "stream": True}
+        payload = {
+            "prompt": self._prompt(question, len(urls), steps),
+            "max_tokens": 0,
+            "return_logprob": True,
+            "top_logprobs_num": self.top_logprobs,
+            "logprob_start_len": start,
+            "stream": True,
+        }
         if urls:
             payload["image_data"] = urls
-        try:
-            reply = await self.pool.request("POST", "/generate", payload, events=True)
+        try:  # the stream is decoded and reduced to the step values in one step (see AsyncJSONClient.send)
+            reply = await self.pool.request(
+                "POST", "/generate", payload, events=True, reduce=functools.partial(_read_rows, n_steps=len(steps))
+            )
         except RequestFailed as exc:
             return failed(steps, str(exc), transient=exc.retryable)
-        server = reply.server
-        # LMDeploy 0.18 sends the prompt rows once, on the last event; gather them in order regardless
-        metas = [e.get("meta_info") or {} for e in reply.body]
-        rows = [r for m in metas for r in m.get("input_token_logprobs") or []]
-        tops = [t for m in metas for t in m.get("input_top_logprobs") or []]
-        meta = metas[-1] if metas else {}
-        if not rows or len(tops) != len(rows):
-            return failed(steps, f"{server.url} returned no prompt logprobs; start it with the PyTorch "
-                                 "engine and --logprobs-mode raw_logprobs")
-        targets = [tok for _, tok in rows]  # row j: the distribution that predicts targets[j]
-        n = len(server.pattern)
-        places = [j + n - 1 for j in range(len(targets) - n + 1) if targets[j:j + n] == server.pattern]
-        if len(places) != len(steps):
-            return failed(steps, f"found {len(places)} score placeholders for {len(steps)} steps")
-        values = []
-        for j in places:
-            top = {tok: lp for lp, tok in tops[j]}
-            values.append(two_way(rows[j][0], top.get(server.bad_id), min(top.values())))
-        return self._result(steps, values, {"server": server.url, "requests": 1, "moved": reply.moved,
-                                            "prompt_tokens": meta.get("prompt_tokens"), "logprob_rows": len(rows)},
-                            self.top_logprobs)
+        if isinstance(reply.body, str):
+            return failed(steps, reply.body)
+        values, prompt_tokens, n_rows = reply.body
+        return self._result(
+            steps,
+            values,
+            {
+                "server": reply.server.url,
+                "requests": 1,
+                "moved": reply.moved,
+                "prompt_tokens": prompt_tokens,
+                "logprob_rows": n_rows,
+            },
+            self.top_logprobs,
+        )
 
     async def _score_chat(self, question: str, urls: list[str], steps: list[str]) -> StepScores:
         k = self.top_logprobs
         turns = build_conversation(question, steps, len(urls), self.fmt)
         # the conversation up to each step's user turn; the server adds the assistant header
-        calls = [self._chat_step(chat_messages(turns[:len(turns) - 2 * (len(steps) - i) + 1], urls), k)
-                 for i in range(len(steps))]
+        calls = [
+            self._chat_step(chat_messages(turns[: len(turns) - 2 * (len(steps) - i) + 1], urls), k)
+            for i in range(len(steps))
+        ]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         for i, out in enumerate(outcomes):
             if isinstance(out, BaseException):
@@ -406,22 +477,37 @@ class LMDeployPRM(PRMScorer):
                     raise out
                 return failed(steps, f"step {i + 1}: {out}", transient=out.retryable)
         tokens = [t for _, t, _ in outcomes]
-        meta = {"servers": [r.server.url for _, _, r in outcomes], "requests": len(steps),
-                "moved": sum(r.moved for _, _, r in outcomes),
-                "prompt_tokens": sum(tokens) if all(t is not None for t in tokens) else None}
+        meta = {
+            "servers": [r.server.url for _, _, r in outcomes],
+            "requests": len(steps),
+            "moved": sum(r.moved for _, _, r in outcomes),
+            "prompt_tokens": sum(tokens) if all(t is not None for t in tokens) else None,
+        }
         return self._result(steps, [v for v, _, _ in outcomes], meta, k)
 
     async def _chat_step(self, messages: list[dict], k: int):
         # ignore_eos: LMDeploy drops a sampled stop token together with its logprobs row
-        payload = {"model": self._model, "messages": messages, "max_tokens": 1, "logprobs": True,
-                   "top_logprobs": k, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
-                   "repetition_penalty": 1.0, "ignore_eos": True}
+        payload = {
+            "model": self._model,
+            "messages": messages,
+            "max_tokens": 1,
+            "logprobs": True,
+            "top_logprobs": k,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+            "ignore_eos": True,
+        }
         reply = await self.pool.request("POST", "/v1/chat/completions", payload)
         try:
             entry = reply.body["choices"][0]["logprobs"]["content"][0]
         except (KeyError, IndexError, TypeError):
-            raise RequestFailed(f"{reply.server.url} returned no logprobs for the step; start it with "
-                                "--logprobs-mode raw_logprobs (PyTorch) or use TurboMind") from None
+            raise RequestFailed(
+                f"{reply.server.url} returned no logprobs for the step; start it with "
+                "--logprobs-mode raw_logprobs (PyTorch) or use TurboMind"
+            ) from None
         reported, cutoff = merge_chat_logprobs(entry, k)
         value = two_way(reported.get(self.fmt.good_token), reported.get(self.fmt.bad_token), cutoff)
         return value, (reply.body.get("usage") or {}).get("prompt_tokens"), reply
@@ -430,14 +516,19 @@ class LMDeployPRM(PRMScorer):
         meta = {"mode": self.mode, **meta}
         missing = [i + 1 for i, v in enumerate(values) if v is None]
         if missing:
-            return StepScores(steps=steps, scores=None, meta=meta, error=(
-                f"steps {missing}: neither {self.fmt.good_token!r} nor {self.fmt.bad_token!r} is among the "
-                f"top {k} logprobs, so P(+) is unknown"))
+            return StepScores(
+                steps=steps,
+                scores=None,
+                meta=meta,
+                error=(
+                    f"steps {missing}: neither {self.fmt.good_token!r} nor {self.fmt.bad_token!r} is among the "
+                    f"top {k} logprobs, so P(+) is unknown"
+                ),
+            )
         bounds = [b for _, b in values]
         if any(bounds):
             meta["bounded_steps"] = sum(b is not None for b in bounds)
-        return StepScores(steps=steps, scores=[v for v, _ in values], bounds=bounds if any(bounds) else None,
-                          meta=meta)
+        return StepScores(steps=steps, scores=[v for v, _ in values], bounds=bounds if any(bounds) else None, meta=meta)
 
     def close(self) -> None:
         if self._loop.loop.is_closed():

@@ -18,7 +18,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,10 @@ class Reply:
     moved: int = 0
 
 
+def _reduce_from(reduce: Callable[[Any, Server], Any], server: Server, body: Any) -> Any:
+    return reduce(body, server)
+
+
 def _being_cancelled() -> bool:
     """Whether the running task itself has a pending cancellation (Python 3.11+ can tell)."""
     task = asyncio.current_task()
@@ -62,8 +68,14 @@ def _being_cancelled() -> bool:
 class ServerPool:
     """The servers behind one PRM spec. Lives on the client's event loop."""
 
-    def __init__(self, http: AsyncJSONClient, *, health_interval: float = 10.0, health_timeout: float = 10.0,
-                 wait_timeout: float = 600.0):
+    def __init__(
+        self,
+        http: AsyncJSONClient,
+        *,
+        health_interval: float = 10.0,
+        health_timeout: float = 10.0,
+        wait_timeout: float = 600.0,
+    ):
         self._http = http
         self.servers: list[Server] = []
         self.health_interval = health_interval
@@ -80,13 +92,30 @@ class ServerPool:
     def outstanding(self) -> int:
         return sum(s.outstanding for s in self.servers)
 
-    async def request(self, method: str, path: str, payload: dict | None = None, events: bool = False) -> Reply:
-        """``method path`` on the least-loaded live server; raises ``RequestFailed`` for good."""
+    async def request(
+        self,
+        method: str,
+        path: str,
+        payload: dict | None = None,
+        events: bool = False,
+        reduce: Callable[[Any, Server], Any] | None = None,
+    ) -> Reply:
+        """``method path`` on the least-loaded live server; raises ``RequestFailed`` for good.
+        ``reduce(body, server)``: what the reply carries instead of the decoded body (see ``send``)."""
         retries = moved = 0
         while True:
             async with self._http.slot() as conn:
                 server = await self._pick()
-                task = asyncio.ensure_future(self._http.send(conn, method, server.url + path, payload, events))
+                task = asyncio.ensure_future(
+                    self._http.send(
+                        conn,
+                        method,
+                        server.url + path,
+                        payload,
+                        events,
+                        None if reduce is None else functools.partial(_reduce_from, reduce, server),
+                    )
+                )
                 server.outstanding += 1
                 server.inflight.add(task)
                 self._watch()
@@ -127,11 +156,18 @@ class ServerPool:
                 return min(live, key=lambda s: (s.outstanding, s.served))
             now = time.monotonic()
             if now - start >= self.wait_timeout:
-                raise RequestFailed(f"no PRM server is healthy after waiting {self.wait_timeout:.0f}s "
-                                    f"({', '.join(s.url for s in self.servers)})", retryable=True)
+                raise RequestFailed(
+                    f"no PRM server is healthy after waiting {self.wait_timeout:.0f}s "
+                    f"({', '.join(s.url for s in self.servers)})",
+                    retryable=True,
+                )
             if now >= next_report:
-                log.warning("no PRM server is healthy (%s); waiting for one to come back (%.0f of %.0fs)",
-                            ", ".join(s.url for s in self.servers), now - start, self.wait_timeout)
+                log.warning(
+                    "no PRM server is healthy (%s); waiting for one to come back (%.0f of %.0fs)",
+                    ", ".join(s.url for s in self.servers),
+                    now - start,
+                    self.wait_timeout,
+                )
                 next_report = now + WAIT_REPORT_INTERVAL
             self._watch(force=True)
             self._changed.clear()
@@ -154,8 +190,13 @@ class ServerPool:
             return
         server.alive = False
         others = [s.url for s in self.servers if s.alive]
-        log.warning("PRM server %s is down (%s); moving its %d in-flight requests to %s", server.url, reason,
-                    len(server.inflight), ", ".join(others) or "the first server that comes back")
+        log.warning(
+            "PRM server %s is down (%s); moving its %d in-flight requests to %s",
+            server.url,
+            reason,
+            len(server.inflight),
+            ", ".join(others) or "the first server that comes back",
+        )
         for task in list(server.inflight):
             server.evicted.add(task)
             task.cancel()
