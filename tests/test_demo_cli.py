@@ -1,9 +1,9 @@
 """``vlmeval-prm demo`` hands VLMEvalKit the switch that registers the demo models (for its run only)
-with ORM scoring on, and reports the run; ``--shapes`` first builds the trained shapes models.
+with ORM scoring on, and reports the run; it first builds the trained shapes models (``--tiny`` needs none).
 
-The real demo run is the one tests/test_e2e_bon.py makes; here the build, ``subprocess.call`` and
-the report are recorded instead of run, and the registration that switch controls is tested for
-real in tests/test_hook.py.
+The real demo runs are tests/test_demo_models.py's (trained) and tests/test_e2e_bon.py's (tiny); here
+the build, ``subprocess.call`` and the report are recorded instead of run, and the registration that
+switch controls is tested for real in tests/test_hook.py.
 """
 
 import json
@@ -20,8 +20,8 @@ from vlmeval_prm.host import cli
 @pytest.mark.parametrize(
     "flags, model, data, builds",
     [
-        ([], cli.DEMO_MODEL, cli.DEMO_DATA, False),
-        (["--shapes"], cli.SHAPES_MODEL, cli.SHAPES_DATA, True),
+        ([], cli.SHAPES_MODEL, cli.SHAPES_DATA, True),
+        (["--tiny"], cli.DEMO_MODEL, cli.DEMO_DATA, False),
     ],
 )
 def test_demo_runs_vlmeval_with_the_demo_switch_for_its_run_only(
@@ -49,5 +49,5 @@ def test_demo_keeps_the_users_options(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(build, "ensure_built", lambda: tmp_path)
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: calls.append(env) or 3)
-    cli.main(["demo", "--work-dir", str(tmp_path)])
+    cli.main(["demo", "--tiny", "--work-dir", str(tmp_path)])
     assert calls[0][OPTIONS_ENV] == '{"orm": false}'

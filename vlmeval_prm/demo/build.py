@@ -51,9 +51,12 @@ def ensure_built(cache_dir: str | None = None, recipe: Recipe | None = None) -> 
 
 def _stats(labelled: list[Labelled]) -> dict:
     steps = [lab for x in labelled for lab in x.labels]
+    worked = [x for x in labelled if len(x.steps) > 1]
     return {
         "solutions": len(labelled),
         "accuracy": round(sum(x.correct for x in labelled) / max(len(labelled), 1), 4),
+        "guesses": len(labelled) - len(worked),
+        "worked_accuracy": round(sum(x.correct for x in worked) / max(len(worked), 1), 4),
         "steps": len(steps),
         "minus_steps": sum(lab < 0 for lab in steps),
     }

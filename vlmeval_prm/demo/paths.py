@@ -8,7 +8,7 @@ from pathlib import Path
 from vlmeval_prm.constants import HOME_ENV
 
 #: Bump whenever the task, the recipe or the training code changes what gets built.
-DEMO_RECIPE_VERSION = 1
+DEMO_RECIPE_VERSION = 2
 POLICY_DIR, PRM_DIR = "policy", "prm"
 #: Monte-Carlo step labels of the policy's own solutions to held-out questions (tests/test_demo_models.py).
 HELDOUT_LABELS = "heldout_steps.jsonl"

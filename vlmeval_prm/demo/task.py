@@ -3,9 +3,10 @@
 Every problem is a pure function of (split, index): a seeded ``random.Random`` draws the question
 and a scene whose answer it fixes, so the train and held-out splits never share a stream and every
 machine renders the same images. The question asks how many shapes of a colour, of a kind, or of
-both there are; the options are always ``A. 0`` .. ``E. 4``. A solution has four steps, separated
-by blank lines as VisualPRM splits them: read the top row, read the bottom row, count per row and
-add up, name the option. Answers are checked exactly (the letter after "The answer is").
+both there are; the options are always ``A. 0`` .. ``E. 4``. A worked solution has four steps,
+separated by blank lines as VisualPRM splits them: read the top row, read the bottom row, count per
+row and add up, name the option; a guess is the last step alone. Answers are checked exactly (the
+letter after "The answer is").
 """
 
 from __future__ import annotations
@@ -136,10 +137,20 @@ def solution(problem: Problem, stated: Scene | None = None, total: int | None = 
     return STEP_SEPARATOR.join(steps)
 
 
-def noisy_solution(problem: Problem, rng: random.Random, cell_error: float, count_error: float) -> str:
-    """A demonstration that misreads each cell with probability ``cell_error`` and miscounts with
-    probability ``count_error``; the later steps stay consistent with the mistake, as a solver's would.
+def guess(rng: random.Random) -> str:
+    """An answer with no working: a uniformly random option, one step."""
+    return f"The answer is {rng.choice(OPTIONS)}."
+
+
+def noisy_solution(
+    problem: Problem, rng: random.Random, cell_error: float, count_error: float, guess_rate: float = 0.0
+) -> str:
+    """A demonstration that, with probability ``guess_rate``, answers without working (``guess``);
+    otherwise works it out but misreads each cell with probability ``cell_error`` and miscounts with
+    probability ``count_error``, the later steps staying consistent with the mistake, as a solver's would.
     Training on these gives a policy that is right only part of the time, with a realistic error mix."""
+    if rng.random() < guess_rate:
+        return guess(rng)
     stated = tuple(
         rng.choice([x for x in (None, *ALL_ITEMS) if x != c]) if rng.random() < cell_error else c for c in problem.scene
     )

@@ -1,9 +1,11 @@
 """Train the demo's tiny policy and tiny PRM on CPU, seeded, from nothing but the synthetic task.
 
 1. Policy: a small InternVL (transformers-native, the tiny models' tokenizer recipe and processor),
-   supervised on step-by-step demonstrations that misread a cell or miscount some of the time
-   (``task.noisy_solution``), in exactly the prompt Best-of-N sends: VLMEvalKit's MCQ prompt plus
-   Best-of-N's step instruction, through the checkpoint's chat template (pinned by a test).
+   supervised on demonstrations that often answer without working (a blind guess, as small VLMs do
+   when they skip the reasoning) and otherwise work step by step, misreading a cell or miscounting
+   some of the time (``task.noisy_solution``), in exactly the prompt Best-of-N sends: VLMEvalKit's
+   MCQ prompt plus Best-of-N's step instruction, through the checkpoint's chat template (pinned by a
+   test). Sampled at Best-of-N's temperature, it is right about half the time.
 2. Monte-Carlo step labels (VisualPRM400K, FACTS section 4): per question the policy samples
    ``mc_solutions`` solutions at Best-of-N's sampling settings; every step prefix gets
    ``mc_rollouts`` continuations and is labelled "+" when any of them reaches the right answer
@@ -49,14 +51,15 @@ class Recipe:
     policy_steps: int = 700
     policy_batch: int = 32
     policy_lr: float = 1e-3
-    cell_error: float = 0.15
-    count_error: float = 0.2
+    guess_rate: float = 0.55
+    cell_error: float = 0.02
+    count_error: float = 0.1
     mc_problems: int = 300
     mc_solutions: int = 4
     mc_rollouts: int = 8
     prm_epochs: int = 3
     prm_batch_questions: int = 4
-    prm_lr: float = 5e-4
+    prm_lr: float = 1e-3
     heldout_problems: int = 100
     max_new_tokens: int = 64
     gen_batch: int = 256
@@ -266,7 +269,7 @@ def train_policy(model, processor, recipe: Recipe, progress: Callable = lambda i
         model,
         processor,
         data,
-        lambda p: noisy_solution(p, rng, recipe.cell_error, recipe.count_error),
+        lambda p: noisy_solution(p, rng, recipe.cell_error, recipe.count_error, recipe.guess_rate),
         recipe.policy_steps,
         recipe.policy_lr,
         recipe,

@@ -17,13 +17,14 @@ from vlmeval_prm.store.jsonl import index_records, read_records
 from vlmeval_prm.store.paths import store_file
 
 HOOK = "vlmeval_prm_hook"
-#: ``vlmeval-prm demo``: Best-of-4 of the random-weight tiny policy, scored by the tiny PRM, on the shipped set.
-DEMO_MODEL = "VLMEvalPRM-TinyPolicy-BoN4"
-DEMO_DATA = "VLMEvalPRM_MiniMCQ"
-#: ``vlmeval-prm demo --shapes``: Best-of-8 of the policy trained on the synthetic shapes task, scored by the
-#: PRM trained on its Monte-Carlo step labels (``vlmeval_prm.demo``), on the task's held-out split.
+#: ``vlmeval-prm demo``: Best-of-8 of the policy trained on the synthetic shapes task, scored by the PRM
+#: trained on its Monte-Carlo step labels (``vlmeval_prm.demo``), on the task's held-out split.
 SHAPES_MODEL = "VLMEvalPRM-ShapesPolicy-BoN8"
 SHAPES_DATA = "VLMEvalPRM_Shapes"
+#: ``vlmeval-prm demo --tiny``: Best-of-4 of the random-weight tiny policy, scored by the tiny PRM, on the
+#: shipped set: the whole pipeline in seconds, with no effect to show.
+DEMO_MODEL = "VLMEvalPRM-TinyPolicy-BoN4"
+DEMO_DATA = "VLMEvalPRM_MiniMCQ"
 
 
 def hook_source() -> Path:
@@ -56,17 +57,18 @@ def install_hook(args) -> int:
 
 
 def demo(args) -> int:
-    """Best-of-N through VLMEvalKit, then the Best-of-N report: by default the random-weight tiny models
-    on the shipped mini set (seconds); with ``--shapes`` the policy and PRM trained on the synthetic
-    shapes task (built once and cached) on its held-out split. The demo names exist only with
-    ``VLMEVAL_PRM_DEMO=1``, set for this run alone, which also records ORM scores (``{"orm": true}``)
-    so that the report has every strategy."""
-    if args.shapes:
+    """Best-of-N through VLMEvalKit, then the Best-of-N report: by default the policy and PRM trained on
+    the synthetic shapes task (built once and cached; ``.ci/install`` builds them) on its held-out
+    split; with ``--tiny`` the random-weight tiny models on the shipped mini set (seconds). The demo
+    names exist only with ``VLMEVAL_PRM_DEMO=1``, set for this run alone, which also records ORM
+    scores (``{"orm": true}``) so that the report has every strategy."""
+    if args.tiny:
+        args.model, args.data = args.model or DEMO_MODEL, args.data or DEMO_DATA
+    else:
         from vlmeval_prm.demo.build import ensure_built
 
         print("demo models:", ensure_built(), flush=True)
         args.model, args.data = args.model or SHAPES_MODEL, args.data or SHAPES_DATA
-    args.model, args.data = args.model or DEMO_MODEL, args.data or DEMO_DATA
     env = {**os.environ, DEMO_ENV: "1"}
     env.setdefault(OPTIONS_ENV, json.dumps({"orm": True}))
     cmd = [
@@ -182,15 +184,14 @@ def main(argv=None) -> int:
     p.add_argument("--remove", action="store_true")
     p.add_argument("--site-packages", help="target directory (default: this interpreter's purelib)")
     p.set_defaults(func=install_hook)
-    p = sub.add_parser("demo", help="offline CPU demo: Best-of-N with tiny local models, then the report")
+    p = sub.add_parser("demo", help="offline CPU demo: Best-of-N with small local models, then the report")
     p.add_argument(
-        "--shapes",
+        "--tiny",
         action="store_true",
-        help="the policy and PRM trained on the synthetic shapes task (experimental: the first run "
-        "trains them on CPU, untuned)",
+        help="the random-weight tiny models on the shipped mini set: the pipeline in seconds, no effect to show",
     )
-    p.add_argument("--model", help=f"default {DEMO_MODEL} ({SHAPES_MODEL} with --shapes)")
-    p.add_argument("--data", help=f"default {DEMO_DATA} ({SHAPES_DATA} with --shapes)")
+    p.add_argument("--model", help=f"default {SHAPES_MODEL} ({DEMO_MODEL} with --tiny)")
+    p.add_argument("--data", help=f"default {SHAPES_DATA} ({DEMO_DATA} with --tiny)")
     p.add_argument("--work-dir", default="outputs")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for vlmeval.run")
     p.set_defaults(func=demo)
