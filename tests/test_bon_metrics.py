@@ -3,6 +3,7 @@ score), against brute force over every combination of k-subsets; Monte Carlo lab
 table's layout. Synthetic candidates: no VLMEvalKit evaluation is needed here, except WeMath's own
 category rules, which the strict score is built from."""
 
+import io
 import itertools
 import random
 from math import prod
@@ -13,7 +14,7 @@ import pytest
 
 from vlmeval_prm.report.benchmarks import BENCHMARKS, PAPER_ORDER, WEMATH_TOTAL, Metric
 from vlmeval_prm.report.bon_metrics import PASS_AT_1, estimate, first_candidate, metric_curve, row_curves
-from vlmeval_prm.report.paper_table import dataset_curves, paper_table, scaling, write_paper
+from vlmeval_prm.report.paper_table import dataset_curves, paper_table, print_paper, scaling, write_paper
 from vlmeval_prm.select.bon_at_k import MonteCarlo, bon_curve
 from vlmeval_prm.select.strategies import Candidate, SampleCandidates, subset_outcome
 
@@ -188,3 +189,15 @@ def test_paper_table_layout_seven_benchmarks(tmp_path):
 def test_fewer_than_seven_is_not_called_overall():
     table = paper_table([curves_for("MathVista_MINI", "MathVista", 0), curves_for("Custom", None, 1)])
     assert "Mean of 2" in table.columns and "Overall" not in table.columns
+
+
+def test_one_dataset_prints_its_column_once():
+    """The CSV keeps its columns; the printout does not repeat the dataset as a "Mean of 1"."""
+    curves = [curves_for("Custom", None, 1)]
+    table = paper_table(curves)
+    assert list(table.columns) == ["N", "strategy", "Custom", "Mean of 1", "Mean of 1 MC s.e."]
+    buf = io.StringIO()
+    print_paper(curves, file=buf)
+    text = buf.getvalue()
+    assert "Mean of 1" not in text and "MC s.e." in text and "Custom (%) by N" in text
+    assert f"{table[table['N'] == 4].set_index('strategy').loc['random', 'Custom']:.1f}" in text

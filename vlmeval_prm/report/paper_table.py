@@ -107,6 +107,11 @@ def overall_name(curves: Sequence[DatasetCurves]) -> str:
     return "Overall" if set(PAPER_ORDER) <= families and len(curves) == len(PAPER_ORDER) else f"Mean of {len(curves)}"
 
 
+def scale_title(curves: Sequence[DatasetCurves]) -> str:
+    """What the scaling table and plot show: the overall, or the one dataset when there is one."""
+    return curves[0].column if len(curves) == 1 else overall_name(curves)
+
+
 def paper_table(curves: Sequence[DatasetCurves]) -> pd.DataFrame:
     """Long table: one row per (N, strategy), one column per dataset's headline metric, the overall
     (mean of the dataset columns) and its Monte Carlo standard error (0 when every cell is exact)."""
@@ -177,7 +182,7 @@ def write_paper(curves: Sequence[DatasetCurves], prefix: str) -> dict[str, str]:
             part.drop(columns="N").to_excel(xl, sheet_name=f"N={k}", index=False)
         scale.to_excel(xl, sheet_name="scaling")
         metrics.to_excel(xl, sheet_name="metrics", index=False)
-    _plot(scale, overall_name(curves), paths["png"])
+    _plot(scale, scale_title(curves), paths["png"])
     return paths
 
 
@@ -188,9 +193,12 @@ def print_paper(curves: Sequence[DatasetCurves], file: TextIO | None = None) -> 
     out = file or sys.stdout
     table = paper_table(curves)
     top = table[table["N"] == table["N"].max()].drop(columns="N")
+    overall = overall_name(curves)
+    if len(curves) == 1:  # the mean of one column is that column: print it once, with its s.e.
+        top = top.drop(columns=overall).rename(columns={f"{overall} MC s.e.": "MC s.e."})
     print(f"\nBest-of-N by benchmark (%), N = {table['N'].max()}", file=out)
     print(tabulate(top, headers="keys", showindex=False, floatfmt=".1f"), file=out)
-    print(f"\n{overall_name(curves)} (%) by N", file=out)
+    print(f"\n{scale_title(curves)} (%) by N", file=out)
     scale = scaling(table)
     print(tabulate(scale, headers=["strategy", *map(str, scale.columns)], floatfmt=".1f"), file=out)
     estimated = pd.concat([c.metrics for c in curves])
