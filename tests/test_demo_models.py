@@ -47,7 +47,9 @@ def best_position_only_f1(steps_labels: list[list[int]]) -> float:
     return best
 
 
-def test_prm_separates_good_from_bad_steps_on_heldout_questions(built, tmp_path):
+def heldout_scores(built, tmp_path, swap: bool = False) -> tuple[list[dict], list[int], list[float]]:
+    """The trained PRM's step scores on the build's labelled held-out solutions; ``swap`` reads P(-) as
+    P(+), the kind of slip (a swapped token) the trained demo exists to catch."""
     from vlmeval_prm.prm.hf_backend import TransformersPRM
 
     rows = [json.loads(line) for line in (built / HELDOUT_LABELS).read_text().splitlines()]
@@ -55,6 +57,8 @@ def test_prm_separates_good_from_bad_steps_on_heldout_questions(built, tmp_path)
     for r in rows:
         by_question[r["index"]].append(r)
     prm = TransformersPRM(prm_path())
+    if swap:
+        prm.good_id, prm.bad_id = prm.bad_id, prm.good_id
     gold, scores = [], []
     for index, group in by_question.items():
         p = make_problem("test", index)
@@ -65,11 +69,22 @@ def test_prm_separates_good_from_bad_steps_on_heldout_questions(built, tmp_path)
             assert res.error is None
             gold += r["labels"]
             scores += res.scores
+    return rows, gold, scores
+
+
+def test_prm_separates_good_from_bad_steps_on_heldout_questions(built, tmp_path):
+    rows, gold, scores = heldout_scores(built, tmp_path)
     assert 0.1 < gold.count(-1) / len(gold) < 0.9  # both classes are there to be told apart
     f1, f_pos, f_neg = macro_f1(gold, threshold_labels(scores, 0.5))
     baseline = best_position_only_f1([r["labels"] for r in rows])
     # the issue's bar (0.5), and a bar no PRM reading only the step layout can pass
     assert f1 > 0.5 and f1 > baseline + POSITION_MARGIN, (f1, f_pos, f_neg, baseline)
+
+
+def test_a_prm_reading_the_wrong_token_fails_the_bar(built, tmp_path):
+    """The check above can fail: the same PRM with "+" and "-" swapped falls far below it."""
+    _, gold, scores = heldout_scores(built, tmp_path, swap=True)
+    assert macro_f1(gold, threshold_labels(scores, 0.5))[0] < 0.5
 
 
 def test_demo_prm_best_of_8_beats_pass_at_1_and_random(built, tmp_path, monkeypatch):
