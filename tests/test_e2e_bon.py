@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
+from commands import vlmeval_run_command
 
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV
 from vlmeval_prm.counters import read_counter_file
@@ -29,19 +29,7 @@ def vlmeval_run(work, counters, wait=True):
         "PYTHONUNBUFFERED": "1",
         DEMO_ENV: "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "vlmeval.run",
-        "--model",
-        MODEL,
-        "--data",
-        DATA,
-        "--judge",
-        "exact_matching",
-        "--work-dir",
-        str(work / "outputs"),
-    ]
+    cmd = vlmeval_run_command(["--model", MODEL, "--data", DATA], work / "outputs")
     proc = subprocess.Popen(
         cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

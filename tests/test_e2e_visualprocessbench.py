@@ -3,11 +3,11 @@ the tiny PRM (per-step P(+)) and the tiny policy as an MLLM critic (unparseable 
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from commands import vlmeval_run_command
 
 from vlmeval_prm.constants import DEMO_ENV
 
@@ -21,17 +21,7 @@ def run(tmp_path, model):
     env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), "VISUALPROCESSBENCH_ROOT": str(RELEASE), DEMO_ENV: "1"}
     env.pop("VLMEVAL_PRM_SPEC", None)
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlmeval.run",
-            "--model",
-            model,
-            "--data",
-            DATA,
-            "--work-dir",
-            str(tmp_path / "outputs"),
-        ],
+        vlmeval_run_command(["--model", model, "--data", DATA], tmp_path / "outputs", judge=None),
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -13,6 +13,7 @@ import time
 
 import pandas as pd
 import pytest
+from commands import vlmeval_run_command
 
 from standins.openai_standin import SamplingStandin, _serving, last_text
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV, SPEC_ENV
@@ -61,18 +62,7 @@ def vlmeval_run(work, args, env=None):
     cwd = work / "cwd"  # not the work dir: the store must follow --work-dir, not the current folder
     cwd.mkdir(exist_ok=True)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlmeval.run",
-            *args,
-            "--judge",
-            "exact_matching",
-            "--work-dir",
-            str(work / "outputs"),
-            "--api-nproc",
-            "2",
-        ],
+        vlmeval_run_command(args, work / "outputs", "--api-nproc", "2"),
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from commands import vlmeval_run_command
 
 from vlmeval_prm.constants import DEMO_ENV, OPTIONS_ENV, SPEC_ENV
 from vlmeval_prm.logs import ROOT, get_logger
@@ -79,19 +80,9 @@ def test_vlmeval_run_shows_the_wait_for_an_unreachable_prm_and_the_failure(tmp_p
         OPTIONS_ENV: json.dumps({"prm_options": {"startup_timeout": 2}}),
         "PYTHONUNBUFFERED": "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "vlmeval.run",
-        "--model",
-        "VLMEvalPRM-TinyPolicy-BoN2",
-        "--data",
-        "VLMEvalPRM_MiniMCQ",
-        "--judge",
-        "exact_matching",
-        "--work-dir",
-        str(tmp_path / "outputs"),
-    ]
+    cmd = vlmeval_run_command(
+        ["--model", "VLMEvalPRM-TinyPolicy-BoN2", "--data", "VLMEvalPRM_MiniMCQ"], tmp_path / "outputs"
+    )
     out = subprocess.run(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
     ).stdout

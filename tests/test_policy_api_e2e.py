@@ -10,10 +10,10 @@ with ``OPENAI_API_BASE`` / ``OPENAI_API_KEY`` pointing GPT4V at the stand-in.
 import json
 import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from commands import vlmeval_run_command
 
 from standins.openai_standin import serve_sampling
 from vlmeval_prm.counters import read_counter_file
@@ -36,18 +36,7 @@ def vlmeval_run(work, args, extra_env=None):
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "vlmeval.run",
-        *args,
-        "--judge",
-        "exact_matching",
-        "--work-dir",
-        str(work / "outputs"),
-        "--api-nproc",
-        "4",
-    ]
+    cmd = vlmeval_run_command(args, work / "outputs", "--api-nproc", "4")
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr, read_counter_file(str(counters))

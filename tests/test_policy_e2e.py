@@ -12,10 +12,10 @@ families, N for the generic route.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from commands import vlmeval_run_command
 
 from standins.tiny_vlms import tiny_vlm
 from vlmeval_prm.counters import read_counter_file
@@ -41,17 +41,7 @@ def run_config(work: Path, models: dict) -> tuple[str, dict]:
         "PYTHONPATH": os.pathsep.join([str(CPU_SITE), os.environ.get("PYTHONPATH", "")]),
         "PATH": os.pathsep.join([str(CPU_SITE), os.environ["PATH"]]),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "vlmeval.run",
-        "--config",
-        str(work / "config.json"),
-        "--judge",
-        "exact_matching",
-        "--work-dir",
-        str(work / "outputs"),
-    ]
+    cmd = vlmeval_run_command(["--config", str(work / "config.json")], work / "outputs")
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

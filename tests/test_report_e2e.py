@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from commands import vlmeval_run_command
 
 from vlmeval_prm.constants import DEMO_ENV
 from vlmeval_prm.store.jsonl import encode, index_records, read_records
@@ -55,22 +56,7 @@ def reported(tmp_path_factory, tiny_paths):
     """One BoN-8 run (with ORM scores), then the report through the console script."""
     work = tmp_path_factory.mktemp("report")
     (work / "LMUData").mkdir()
-    proc, t_run = run(
-        [
-            sys.executable,
-            "-m",
-            "vlmeval.run",
-            "--model",
-            MODEL,
-            "--data",
-            DATA,
-            "--judge",
-            "exact_matching",
-            "--work-dir",
-            str(work / "outputs"),
-        ],
-        work,
-    )
+    proc, t_run = run(vlmeval_run_command(["--model", MODEL, "--data", DATA], work / "outputs"), work)
     assert proc.returncode == 0 and (root(work) / f"{MODEL}_{DATA}.xlsx").exists(), proc.stdout[-4000:]
     proc, t_report = run(
         [

@@ -13,10 +13,10 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from commands import vlmeval_run_command
 from test_faults_runs import check_whole, predictions
 
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV
@@ -38,21 +38,7 @@ def start(work, counters):
         DEMO_ENV: "1",
         "PYTHONUNBUFFERED": "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "vlmeval.run",
-        "--model",
-        MODEL,
-        "--data",
-        DATA,
-        "--judge",
-        "exact_matching",
-        "--work-dir",
-        str(work / "outputs"),
-        "--limit",
-        str(ROWS),
-    ]
+    cmd = vlmeval_run_command(["--model", MODEL, "--data", DATA], work / "outputs", "--limit", str(ROWS))
     return subprocess.Popen(
         cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
