@@ -16,9 +16,9 @@ DEFAULT_PRM_SPEC = "lmdeploy:http://127.0.0.1:23333"
 SPEC_ENV = "VLMEVAL_PRM_SPEC"
 OPTIONS_ENV = "VLMEVAL_PRM_OPTIONS"
 STORE_DIR_ENV = "VLMEVAL_PRM_STORE_DIR"
-#: ``1`` registers the demo's tiny models (``vlmeval-prm demo`` sets it for its run).
+#: ``1`` registers the demo's models, trained and tiny (``vlmeval-prm demo`` sets it for its run).
 DEMO_ENV = "VLMEVAL_PRM_DEMO"
-#: Where the tiny models are cached (``<it>/tiny``; default ``~/.cache/vlmeval_prm``).
+#: Where the demo's models are cached (``<it>/tiny``, ``<it>/demo``; default ``~/.cache/vlmeval_prm``).
 HOME_ENV = "VLMEVAL_PRM_HOME"
 #: A file that collects work counters across processes (benchmarks and tests; not for users).
 COUNTERS_ENV = "VLMEVAL_PRM_COUNTERS"

@@ -1,7 +1,7 @@
 """Registration into VLMEvalKit's own registries, run by the startup hook after ``vlmeval.config``.
 
-Adds: ``<name>-BoN<N>`` for every model in ``supported_VLM`` (N in ``BON_SIZES``); the tiny local
-models, only when ``VLMEVAL_PRM_DEMO=1`` (``vlmeval-prm demo`` and the tests set it); the plugin's
+Adds: ``<name>-BoN<N>`` for every model in ``supported_VLM`` (N in ``BON_SIZES``); the demo's local
+models (trained and tiny), only when ``VLMEVAL_PRM_DEMO=1`` (``vlmeval-prm demo`` and the tests set it); the plugin's
 datasets (first in ``DATASET_CLASSES`` so their names resolve to them);
 ``BestOfN``/``TransformersChat``/``PRMJudge`` as ``vlmeval.vlm`` attributes for ``--config`` JSON.
 """
