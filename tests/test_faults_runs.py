@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from commands import vlmeval_run_command
 
-from standins.openai_standin import SamplingStandin, _serving, last_text
+from standins.openai_standin import SamplingStandin, _serving, gpt4v_bon_config, last_text
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV, SPEC_ENV
 from vlmeval_prm.counters import read_counter_file
 from vlmeval_prm.store.jsonl import index_records, read_records
@@ -75,23 +75,7 @@ def vlmeval_run(work, args, env=None):
 
 
 def config_run(work, server, model="GPT4V-BoN2"):
-    config = {
-        "model": {
-            model: {
-                "class": "BestOfN",
-                "n": N,
-                "model": {
-                    "class": "GPT4V",
-                    "model": "gpt-4o-mini",
-                    "api_base": f"{server.url}/v1/chat/completions",
-                    "key": "sk-standin",
-                    "retry": 1,
-                    "verbose": False,
-                },
-            }
-        },
-        "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}},
-    }
+    config = gpt4v_bon_config(model, N, server, "sk-standin", DATA)
     (work / "config.json").write_text(json.dumps(config))
     return vlmeval_run(work, ["--config", str(work / "config.json"), "--limit", str(ROWS)])
 

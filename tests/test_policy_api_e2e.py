@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from commands import vlmeval_run_command
 
-from standins.openai_standin import serve_sampling
+from standins.openai_standin import gpt4v_bon_config, serve_sampling
 from vlmeval_prm.counters import read_counter_file
 from vlmeval_prm.store.jsonl import index_records, read_records
 
@@ -67,23 +67,7 @@ def check_run(work, model, server, counts, log):
 
 def test_config_best_of_n_over_gpt4v(tmp_path):
     with serve_sampling() as server:
-        config = {
-            "model": {
-                "GPT4V-BoN4": {
-                    "class": "BestOfN",
-                    "n": N,
-                    "model": {
-                        "class": "GPT4V",
-                        "model": "gpt-4o-mini",
-                        "api_base": f"{server.url}/v1/chat/completions",
-                        "key": KEY,
-                        "retry": 1,
-                        "verbose": False,
-                    },
-                }
-            },
-            "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}},
-        }
+        config = gpt4v_bon_config("GPT4V-BoN4", N, server, KEY, DATA)
         (tmp_path / "config.json").write_text(json.dumps(config))
         log, counts = vlmeval_run(tmp_path, ["--config", str(tmp_path / "config.json")])
         check_run(tmp_path, "GPT4V-BoN4", server, counts, log)

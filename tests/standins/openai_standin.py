@@ -153,3 +153,24 @@ def serve_scripted(reply: Callable[[str, dict], str | None], model: str = "stand
 
 def serve_sampling(honour_n: bool = True, model: str = "standin"):
     return _serving(SamplingStandin(honour_n, model))
+
+
+def gpt4v_bon_config(name: str, n: int, server: ChatStandin, key: str, data: str) -> dict:
+    """``vlmeval.run --config`` JSON: Best-of-``n`` over VLMEvalKit's GPT4V pointed at ``server``, on ``data``."""
+    return {
+        "model": {
+            name: {
+                "class": "BestOfN",
+                "n": n,
+                "model": {
+                    "class": "GPT4V",
+                    "model": "gpt-4o-mini",
+                    "api_base": f"{server.url}/v1/chat/completions",
+                    "key": key,
+                    "retry": 1,
+                    "verbose": False,
+                },
+            }
+        },
+        "data": {data: {"class": "VLMEvalPRMMiniMCQ", "dataset": data}},
+    }
