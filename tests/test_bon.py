@@ -60,19 +60,27 @@ def test_second_call_reuses_the_store(make_bon, message):
     assert COUNTS["policy_sequences"] == 0 and COUNTS["prm_sequences"] == 0
 
 
-def test_unopenable_image_is_a_recorded_failure(make_bon, tmp_path):
+def test_unopenable_image_is_a_recorded_failure(make_bon, message, tmp_path):
+    """After a first question that samples, a question whose image cannot be read is that row's recorded
+    failure (on the very first question the same failure of every candidate stops the run: test_fail_fast)."""
+    bon = make_bon()
+    bon.generate(message, "Demo")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG but not really")
-    out = make_bon().generate([{"type": "image", "value": str(bad)}, {"type": "text", "value": "Q?"}], "Demo")
+    out = bon.generate([{"type": "image", "value": str(bad)}, {"type": "text", "value": "Q?"}], "Demo")
     summary = json.loads(out["extra_records"])
     assert out["prediction"].startswith(FAIL_MSG) and summary["chosen"] is None
     assert summary["failures"]["generation"] == 4 and summary["scores"] == [None] * 4
-    (entry,) = store_of(tmp_path).values()
+    entry = store_of(tmp_path)[summary["key"]]
     assert all("image could not be opened" in entry.candidates[i].error for i in range(4))
     assert entry.scores == {}
 
 
 def test_empty_generations_and_duplicates(make_bon, message, tmp_path, caplog, monkeypatch):
+    from vlmeval_prm.host import bon as bon_module
+
+    monkeypatch.setattr(bon_module, "DUPLICATES", bon_module.DuplicateTally())  # this test's first occurrence
+    monkeypatch.setattr(bon_module.atexit, "register", lambda report: None)
     bon = make_bon()
     # Simulates what a policy can return: empty, whitespace-only and identical answers.
     replies = ["", "   \n\n ", "It is green.\n\nAnswer: B", "It is green.\n\nAnswer: B"]

@@ -2,8 +2,10 @@
 
 The models come from the cached build that ``.ci/install`` makes (``python -m vlmeval_prm.demo.build``;
 the fixture builds it where it is missing, about 10 minutes on 2 cores). Everything is seeded, so
-the numbers are the same on every run on one machine; the margins leave room for floating-point
-differences between CPUs and are argued next to each assertion.
+the numbers are the same on every run on one machine, but not across machines: training takes
+another float32 path on another CPU. The claims below are the README's, the ones that held on every
+build measured (the default seed on two machines, whose PRM@8 was 91.0 and 74.0, and seeds 1-3 here:
+65.0, 70.0, 49.0); each margin is argued from that spread next to its constant.
 """
 
 import itertools
@@ -23,12 +25,16 @@ pytestmark = pytest.mark.e2e
 #: Percentage points by which PRM Best-of-8 must beat Pass@1 and random@8 on the 100 held-out questions.
 #: A PRM that ranks candidates independently of their correctness (random weights, the wrong token, a
 #: misplaced position) has an expected PRM@8 equal to random@8 and to Pass@1 (the report's Pass@1 is
-#: the mean over all 8 candidates); at the policy's accuracy (~45%) one question moves the figure by
-#: 1 point and the spread of such a ranking over 100 questions is ~5 points (binomial), so 20 points
-#: is 4 standard deviations away from anything chance can produce.
-MARGIN = 20.0
-#: Macro F1 points by which the PRM must beat the best rule that sees only a step's position.
+#: the mean over all 8 candidates); at the policy's accuracy (26-50%) one question moves the figure by
+#: 1 point and the spread of such a ranking over 100 questions is ~5 points (binomial), so 15 points
+#: is 3 standard deviations away from what chance produces (p < 0.002). Measured over five builds
+#: (README): 18.2 to 46 points, so the weakest build (seed 3: 49.0 against random 30.8) passes too.
+MARGIN = 15.0
+#: Macro F1 points by which the PRM must beat the best rule that sees only a step's position
+#: (measured over the five builds: 0.14 to 0.20).
 POSITION_MARGIN = 0.1
+#: The policy is right part of the time: Pass@1 (each question's first candidate) measured 26-46%.
+PASS1_RANGE = (20.0, 60.0)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +93,10 @@ def test_a_prm_reading_the_wrong_token_fails_the_bar(built, tmp_path):
     assert macro_f1(gold, threshold_labels(scores, 0.5))[0] < 0.5
 
 
-def test_demo_prm_best_of_8_beats_pass_at_1_and_random(built, tmp_path, monkeypatch):
+def test_demo_prm_best_of_8_beats_pass_at_1_and_random_and_the_oracle_is_best(built, tmp_path, monkeypatch):
+    """The README's claims about the demo table, the ones that held on every build measured. Not
+    claimed, because it did not hold: any order among prm_*, orm, self_consistency and
+    prm_weighted_vote (ORM@8 beat PRM@8 in two of five builds; prm_product fell below random in one)."""
     from vlmeval_prm.host import cli
 
     monkeypatch.setenv("LMUData", str(tmp_path / "LMUData"))
@@ -101,5 +110,6 @@ def test_demo_prm_best_of_8_beats_pass_at_1_and_random(built, tmp_path, monkeypa
     pass1 = float(paper[(paper["N"] == 8) & (paper["strategy"] == "pass@1")][cli.SHAPES_DATA].iloc[0])
     prm8, random8 = float(bon.loc["prm_mean", "8"]), float(bon.loc["random", "8"])
     assert prm8 >= pass1 + MARGIN and prm8 >= random8 + MARGIN, bon.to_string()
-    assert 30 <= pass1 <= 60, pass1  # the policy is right part of the time, as the issue asks
+    assert bon["8"].max() == bon.loc["oracle", "8"], bon.to_string()  # no selection beats choosing right
+    assert PASS1_RANGE[0] <= pass1 <= PASS1_RANGE[1], pass1  # the policy is right part of the time
     assert list(folder.rglob(f"{cli.SHAPES_MODEL}_{cli.SHAPES_DATA}_bon_report_bon.png"))  # the plot

@@ -16,14 +16,16 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 from PIL import Image, ImageDraw
+from transformers import AutoTokenizer
 
 from vlmeval_prm.host.plugin import TINY_PRM_SPEC
-from vlmeval_prm.host.serve import APIError, ServeOptions, image_bytes, save_image
+from vlmeval_prm.host.serve import APIError, ServeOptions, UsageCounter, image_bytes, save_image
 from vlmeval_prm.select.aggregate import response_score
 from vlmeval_prm.store.jsonl import index_records, read_records
 
@@ -142,7 +144,7 @@ def test_503_with_an_error_body_while_loading(server):
     assert chat.headers["retry-after"]
 
 
-def test_openai_client_gets_the_best_candidate_and_all_scores_for_an_image_question(server):
+def test_openai_client_gets_the_best_candidate_and_all_scores_for_an_image_question(server, tiny_paths):
     client = server["client"]
     assert [m.id for m in client.models.list()] == [MODEL]
     image = png_bytes("red")
@@ -160,6 +162,19 @@ def test_openai_client_gets_the_best_candidate_and_all_scores_for_an_image_quest
         assert c["score"] == pytest.approx(response_score(c["step_scores"], bon["aggregate"]))
     selected = cands[bon["selected"]]  # the best score (a tie is drawn among the best)
     assert selected["score"] == max(c["score"] for c in scored) and answer == selected["text"] and answer
+
+    # usage: the N candidates, counted with the tiny policy's own tokenizer (text only)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_paths["policy"])
+    texts = [c["text"] for c in cands if c["text"] is not None]
+    completion = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+    question_tokens = len(tokenizer.encode("Which colour is the circle?", add_special_tokens=False))
+    usage = resp.usage
+    assert usage.completion_tokens == completion > 0
+    assert (
+        usage.prompt_tokens % len(texts) == 0 and usage.prompt_tokens // len(texts) > question_tokens
+    )  # + step prompt
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert bon["usage_counted_by"].startswith("the tokenizer of VLMEvalPRM-TinyPolicy (TransformersChat.tokenizer)")
 
     # every candidate is in the store, and the stored image is the one sent
     _, entries = store_entries(server)
@@ -200,92 +215,112 @@ def test_concurrent_requests_all_succeed_and_are_stored(server):
         assert resp.choices[0].message.content == entry.text(resp.model_extra["bon"]["selected"])
 
 
+def image_request(url: str, text: str | None = None) -> dict:
+    parts = [{"type": "text", "text": text}] if text else []
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": [*parts, {"type": "image_url", "image_url": {"url": url}}]}],
+    }
+
+
+NOT_AN_IMAGE = "data:image/png;base64," + base64.b64encode(b"no image").decode()
+CUT_PNG = "data:image/png;base64," + base64.b64encode(png_bytes("red")[:-30]).decode()
+
+
 @pytest.mark.parametrize(
-    "body, param",
+    "body, param, says",
     [
-        ({"model": MODEL, "messages": []}, "messages"),
-        ({"model": MODEL}, "messages"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]}, "messages.0"),
+        ({"model": MODEL, "messages": []}, "messages", "messages: List should have at least 1 item"),
+        ({"model": MODEL}, "messages", "messages: Field required"),
         (
-            {
-                "model": MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}],
-                    }
-                ],
-            },
-            "image_url",
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "audio", "x": 1}]}]},
+            "messages.0.content.0.type",
+            "messages.0.content.0 has type 'audio', which this server does not accept: content parts may be of "
+            "type text and image_url",
         ),
         (
-            {
-                "model": MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "image_url",
-                                "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"no image").decode()},
-                            }
-                        ],
-                    }
-                ],
-            },
-            "image_url",
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"text": "hi"}]}]},
+            "messages.0.content.0.type",
+            "messages.0.content.0 has no type",
         ),
         (
-            {
-                "model": MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
-                    }
-                ],
-            },
-            "image_url",
+            {"model": MODEL, "messages": [{"role": "user", "content": 7}]},
+            "messages.0.content",
+            "must be a string or a list of content parts (text, image_url), got a number",
         ),
         (
-            {
-                "model": MODEL,
-                "messages": [
-                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}
-                ],
-            },
-            "image_url",
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages.0.content.0.image_url",
+            'an image_url part holds "image_url": {"url": "data:image/png;base64,..."}; it is missing',
         ),
+        (
+            image_request("data:image/png;base64,@@@"),
+            "messages.0.content.0.image_url",
+            "messages.0.content.0.image_url: image data URL is not valid base64",
+        ),
+        (
+            image_request(NOT_AN_IMAGE, text="What is this?"),
+            "messages.0.content.1.image_url",
+            "messages.0.content.1.image_url: the data (8 bytes) is not a readable image",
+        ),
+        (
+            image_request(CUT_PNG),
+            "messages.0.content.0.image_url",
+            "is not a readable image: it is damaged",
+        ),
+        (image_request("https://example.com/a.png"), "messages.0.content.0.image_url", "--allow-remote-images"),
+        (image_request("file:///etc/passwd"), "messages.0.content.0.image_url", "--image-root"),
         (
             {
                 "model": MODEL,
                 "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
             },
             "messages",
+            "send exactly one user message",
         ),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 3}, "n"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "   "}]}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream", "streaming"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 3}, "n", "n must be 1"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "   "}]}, "messages", "no text and no image"),
     ],
 )
-def test_malformed_requests_get_400_with_an_openai_error_body(server, body, param):
+def test_malformed_requests_get_400_with_an_openai_error_body(server, body, param, says):
     resp = httpx.post(f"{server['url']}/v1/chat/completions", headers=server["auth"], json=body)
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
-    assert error["type"] == "invalid_request_error" and error["message"]
-    assert (error["param"] or "").startswith(param), error
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert says in error["message"], error
+    assert not re.search(r"object at 0x|<[A-Za-z_.]+ ", error["message"]), error  # no Python object reprs
 
 
 def test_malformed_json_and_the_openai_client_get_400(server):
     resp = httpx.post(
         f"{server['url']}/v1/chat/completions",
-        content=b"{not json",
+        content=b'{"model": "x",\n "messages": [}',
         headers={**server["auth"], "Content-Type": "application/json"},
     )
-    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error == {
+        "message": "the request body is not valid JSON: Expecting value at line 2, column 15 (character 29)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_json",
+    }
+    resp = httpx.post(
+        f"{server['url']}/v1/chat/completions",
+        content=b"[1]",
+        headers={**server["auth"], "Content-Type": "application/json"},
+    )
+    assert resp.status_code == 400 and "must be a JSON object with model and messages, got an array" in resp.text
     with pytest.raises(BadRequestError) as exc:
         server["client"].chat.completions.create(model=MODEL, messages=[])
     assert exc.value.status_code == 400 and exc.value.body["type"] == "invalid_request_error"
+
+
+def test_unknown_endpoint_gets_an_openai_error_body(server):
+    resp = httpx.post(f"{server['url']}/v1/completions", headers=server["auth"], json={"model": MODEL, "prompt": "hi"})
+    assert resp.status_code == 404
+    assert "POST /v1/completions is not an endpoint of this server" in resp.json()["error"]["message"]
 
 
 def test_unknown_model_is_404(server):
@@ -311,7 +346,9 @@ def test_unknown_model_name_stops_the_server_with_a_clear_error(tmp_path):
         assert proc.wait(timeout=300) == 1
     finally:
         stop(proc)
-    assert "'NoSuchModel-BoN4' is not in VLMEvalKit's supported_VLM" in (tmp_path / "server.log").read_text()
+    log = (tmp_path / "server.log").read_text()
+    assert "'NoSuchModel-BoN4' is not in VLMEvalKit's supported_VLM" in log
+    assert "'NoSuchModel' is not a model" in log and "`vlmeval-prm models`" in log  # the plugin's diagnosis
 
 
 def test_a_config_entry_is_served_under_its_name(tmp_path, tiny_paths):
@@ -370,3 +407,22 @@ def test_saved_images_are_named_by_content(tmp_path):
     assert save_image(png_bytes("red"), str(tmp_path)) == a
     assert save_image(png_bytes("blue"), str(tmp_path)) != a
     assert os.path.basename(a) == hashlib.sha256(png_bytes("red")).hexdigest() + ".png"
+
+
+def test_usage_is_null_when_the_policy_has_no_tokenizer():
+    """An API policy: VLMEvalKit's wrappers drop the server's counts and there is no local tokenizer."""
+
+    class GPT4V:  # the shape of an API wrapper: no tokenizer, no processor
+        pass
+
+    counter = UsageCounter(SimpleNamespace(base=GPT4V(), base_name="GPT4o"))
+    assert counter.usage([{"type": "text", "value": "hi"}], {"candidates": [{"text": "a"}]}) is None
+    assert counter.method.startswith("not counted: GPT4o (GPT4V) has no local tokenizer")
+
+
+def test_undecodable_image_errors_name_the_part_without_reprs(tmp_path):
+    with pytest.raises(APIError) as exc:
+        save_image(b"GIF89a" + b"\0" * 4, str(tmp_path), "messages.0.content.2.image_url")
+    assert exc.value.param == "messages.0.content.2.image_url"
+    assert exc.value.message.startswith("messages.0.content.2.image_url: the data (10 bytes) is not a readable image")
+    assert "0x" not in exc.value.message and "<" not in exc.value.message

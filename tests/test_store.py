@@ -59,7 +59,7 @@ def test_torn_line_from_killed_writer_is_skipped_and_fenced(tmp_path):
 def test_every_line_is_versioned_and_round_trips(tmp_path):
     records = [
         SampleRecord(key="a", dataset="D", question="q?", images=["/x.png"], n=2, policy="P"),
-        CandidateRecord(key="a", i=1, text="t", settings={"temperature": 0.7}, policy="P"),
+        CandidateRecord(key="a", i=1, text="t", settings={"temperature": 0.7}, policy="P", sampling="s1"),
         ScoreRecord(
             key="a",
             i=1,
@@ -69,8 +69,10 @@ def test_every_line_is_versioned_and_round_trips(tmp_path):
             steps=["t"],
             step_scores=[0.25],
             bounds=[None],
-            meta={"identity": "p"},
+            meta={"identity": {"backend": "b"}},
             retry=False,
+            sampling="s1",
+            scorer="p1",
         ),
     ]
     path = str(tmp_path / "s.jsonl")
@@ -80,7 +82,7 @@ def test_every_line_is_versioned_and_round_trips(tmp_path):
     assert [line["v"] for line in lines] == [SCHEMA_VERSION] * 3
     # the on-disk names are the documented ones (README, "What is stored"), in this order
     assert list(lines[0]) == ["kind", "v", "key", "dataset", "question", "images", "n", "policy"]
-    assert list(lines[1]) == ["kind", "v", "key", "i", "text", "error", "settings", "policy"]
+    assert list(lines[1]) == ["kind", "v", "key", "i", "text", "error", "settings", "policy", "sampling"]
     assert list(lines[2]) == [
         "kind",
         "v",
@@ -95,6 +97,8 @@ def test_every_line_is_versioned_and_round_trips(tmp_path):
         "bounds",
         "meta",
         "retry",
+        "sampling",
+        "scorer",
     ]
     assert list(read_records(path)) == records
     assert [from_json(to_json(r)) for r in records] == records
@@ -113,6 +117,38 @@ def test_lines_of_the_previous_version_load():
     recs = [r for r in map(from_json, old) if r is not None]
     assert [type(r) for r in recs] == [SampleRecord, CandidateRecord, ScoreRecord]
     assert recs[1].i == 0 and recs[2].mode == "step" and recs[2].retry is False and recs[2].meta == {}
+
+
+def test_candidates_belong_to_their_settings_and_scores_to_their_scorer(tmp_path):
+    """Version 2 lookups: a run's digests find its own records; records without digests (versions 0
+    and 1) match any settings and any scorer; a lookup without digests finds the latest of any."""
+    path = str(tmp_path / "s.jsonl")
+    store = CandidateStore(path)
+    store.append(CandidateRecord(key="a", i=0, text="old"))  # written before version 2
+    store.append(ScoreRecord(key="a", i=0, prm="p", steps=["old"], step_scores=[0.1]))
+    store.append(CandidateRecord(key="a", i=1, text="t1", sampling="s1"))
+    store.append(ScoreRecord(key="a", i=1, prm="p", steps=["t1"], step_scores=[0.2], sampling="s1", scorer="x"))
+    store.append(ScoreRecord(key="a", i=1, prm="p", steps=["t1"], step_scores=[0.3], sampling="s1", scorer="y"))
+    store.append(CandidateRecord(key="a", i=1, text="t2", sampling="s2"))
+    entry = CandidateStore(path).get("a")
+    assert entry.text(0, "s1") == entry.text(0, "s2") == entry.text(0) == "old"
+    assert entry.score(0, "p", sampling="s1", scorer="x").step_scores == [0.1]  # an old score is any scorer's
+    assert entry.text(1, "s1") == "t1" and entry.text(1, "s2") == "t2" and entry.text(1) == "t2"
+    assert entry.text(1, "s3") is None
+    assert entry.score(1, "p", sampling="s1", scorer="x").step_scores == [0.2]
+    assert entry.score(1, "p", sampling="s1", scorer="y").step_scores == [0.3]
+    assert entry.score(1, "p", sampling="s1", scorer="z") is None
+    assert entry.score(1, "p", sampling="s1").step_scores == [0.3]  # the latest of any scorer
+    assert entry.score(1, "p", sampling="s2", scorer="x") is None  # the scores are t1's, not t2's
+    assert entry.score(1, "p") is None  # the latest candidate (t2) has no score
+
+
+def test_digests_are_stable_and_short():
+    from vlmeval_prm.store.records import DIGEST_CHARS, digest
+
+    a = digest({"temperature": 0.7, "top_p": 0.95, "step_prompt": "x"})
+    assert a == digest({"step_prompt": "x", "top_p": 0.95, "temperature": 0.7}) and len(a) == DIGEST_CHARS
+    assert a != digest({"temperature": 1.5, "top_p": 0.95, "step_prompt": "x"})
 
 
 def test_the_shipped_version_0_store_loads():

@@ -67,14 +67,22 @@ def load_model_and_processor(
 
 def load_remote_code_model(path: str, device: str | None = None, dtype: str | None = None):
     """(model, tokenizer) of a remote-code checkpoint, loaded as InternVL's own instructions do:
-    ``AutoModel`` and a slow ``AutoTokenizer``, both with ``trust_remote_code=True``."""
+    ``AutoModel`` and a slow ``AutoTokenizer``, both with ``trust_remote_code=True``. Non-persistent
+    buffers that transformers left wrong (InternLM2's RoPE on 5.x) are recomputed by the checkpoint's
+    own code, or the checkpoint is refused (``remote_code.RemoteCodeError``); what was repaired is kept
+    as ``model.remote_code_report`` (for ``vlmeval-prm check-prm``). Scoring needs only the forward
+    pass, so ``generate`` is not required here."""
     from transformers import AutoModel, AutoTokenizer
+
+    from vlmeval_prm.remote_code import repair_buffers
 
     path = resolve_path(path)
     device, torch_dtype = _device_dtype(device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True, use_fast=False)
     model = AutoModel.from_pretrained(path, dtype=torch_dtype, trust_remote_code=True, low_cpu_mem_usage=True)
-    return model.to(device).eval(), tokenizer
+    model = model.to(device).eval()
+    model.remote_code_report = {"repaired_buffers": repair_buffers(model, path)}
+    return model, tokenizer
 
 
 def load_images(paths) -> list:

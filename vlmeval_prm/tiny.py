@@ -27,7 +27,7 @@ from vlmeval_prm.constants import HOME_ENV, STEP_SEPARATOR
 TINY_ROLES = ("policy", "prm")
 
 #: Bump whenever anything below changes what gets written.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 _ROLE_SEEDS = {"policy": 1001, "prm": 2002}
 
@@ -45,6 +45,13 @@ BPE_VOCAB_SIZE = 400  # 256 byte tokens + merges; the special tokens follow
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 IMG_START, IMG_END, IMG_CONTEXT, VIDEO = "<img>", "</img>", "<IMG_CONTEXT>", "<video>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, VIDEO)
+#: The tokenizer attributes InternVL's processor reads its image markers from.
+NAMED_SPECIAL_TOKENS = {
+    "start_image_token": IMG_START,
+    "end_image_token": IMG_END,
+    "context_image_token": IMG_CONTEXT,
+    "video_token": VIDEO,
+}
 
 # ChatML. Content is a string or a list of parts; an image part becomes IMG_CONTEXT + newline, which
 # the InternVL processor expands to <img> + IMAGE_SEQ_LENGTH x IMG_CONTEXT + </img>.
@@ -127,7 +134,7 @@ def _corpus() -> list[str]:
 def _build_tokenizer(corpus: list[str] | None = None, vocab_size: int = BPE_VOCAB_SIZE):
     """A Qwen2-style byte-level BPE trained on ``corpus`` (default ``_corpus``) plus the InternVL special tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+    from transformers import AutoTokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     # Same normalizer and pre-tokenizer as Qwen2Tokenizer, which rebuilds the pipeline on load.
@@ -144,22 +151,22 @@ def _build_tokenizer(corpus: list[str] | None = None, vocab_size: int = BPE_VOCA
     )
     bpe.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     vocab = bpe.get_vocab()
-    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    merges = [" ".join(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     vocab.update({tok: len(vocab) + i for i, tok in enumerate(SPECIAL_TOKENS)})
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        model_max_length=MAX_LENGTH,
-        extra_special_tokens={
-            "start_image_token": IMG_START,
-            "end_image_token": IMG_END,
-            "context_image_token": IMG_CONTEXT,
-            "video_token": VIDEO,
-        },
-    )
+    # Loaded from vocab/merges files, as a real Qwen2 checkpoint is: the one constructor every
+    # supported transformers line shares (5.x also takes in-memory vocab/merges, 4.57 does not).
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder,
+            tokenizer_type="qwen2",
+            unk_token=None,
+            eos_token=IM_END,
+            pad_token=ENDOFTEXT,
+            model_max_length=MAX_LENGTH,
+            extra_special_tokens=NAMED_SPECIAL_TOKENS,
+        )
     tokenizer.add_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
     if "\u010a\u010a" not in vocab:  # "\n\n" in byte-level notation; steps are split on it
         raise RuntimeError("tiny tokenizer lacks a blank-line token; adjust the corpus")
@@ -267,3 +274,13 @@ def _build(role: str, out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    _portable_tokenizer_config(out / "tokenizer_config.json")
+
+
+def _portable_tokenizer_config(path: Path) -> None:
+    """Write the tokenizer's named special tokens (InternVL's ``start_image_token``...) in the mapping
+    form every supported transformers line reads: 5.x saves them as top-level keys and an
+    ``extra_special_tokens`` list, which 4.57 cannot load (it expects a mapping)."""
+    config = json.loads(path.read_text())
+    config["extra_special_tokens"] = NAMED_SPECIAL_TOKENS
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False))

@@ -463,6 +463,27 @@ def label_boosted_copy(src: str, dst: str, boosts: dict[str, float]) -> str:
     return dst
 
 
+def without_chat_template(src: str, dst: str) -> str:
+    """Copy a checkpoint without its chat template (``chat_template.jinja`` / ``chat_template.json`` and a
+    ``chat_template`` entry in its JSON configs). Served, LMDeploy then falls back to its plain ``base``
+    template, as for a real checkpoint that ships none."""
+    import os
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in os.listdir(dst):
+        path = os.path.join(dst, name)
+        if name in ("chat_template.jinja", "chat_template.json"):
+            os.remove(path)
+        elif name.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if isinstance(data, dict) and data.pop("chat_template", None) is not None:
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(data, f, indent=2)
+    return dst
+
+
 class StandinServer:
     """The app served by uvicorn on 127.0.0.1 in a background thread.
 

@@ -4,12 +4,14 @@ Layout: ``<cache>/shapes-v<N>/{policy,prm}/`` (``save_pretrained`` checkpoints w
 ``heldout_steps.jsonl`` (Monte-Carlo step labels of the policy's solutions to the held-out questions)
 and ``build.json`` (the recipe, what each stage took, label and accuracy statistics). As for the
 tiny models, the build happens in a temporary sibling directory renamed into place, so concurrent
-processes never see half a build and a finished one is never redone.
+processes never see half a build and a finished one is never redone. ``--seed k`` (k != 0) trains the
+same recipe from another seed into ``<cache>/shapes-v<N>-seed<k>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vlmeval_prm.demo.paths import BUILD_INFO, HELDOUT_LABELS, POLICY_DIR, PRM_DIR, demo_dir
+from vlmeval_prm.demo.paths import BUILD_INFO, HELDOUT_LABELS, POLICY_DIR, PRM_DIR, SEED_ENV, demo_dir, demo_seed
 from vlmeval_prm.demo.task import make_problem
 from vlmeval_prm.demo.train import Labelled, Recipe, Timer, build_untrained, mc_label, train_policy, train_prm
 from vlmeval_prm.logs import get_logger
@@ -25,24 +27,26 @@ from vlmeval_prm.logs import get_logger
 log = get_logger(__name__)
 
 
-def is_built(cache_dir: str | None = None) -> bool:
-    return (demo_dir(cache_dir) / BUILD_INFO).is_file()
+def is_built(cache_dir: str | None = None, seed: int | None = None) -> bool:
+    return (demo_dir(cache_dir, seed) / BUILD_INFO).is_file()
 
 
-def ensure_built(cache_dir: str | None = None, recipe: Recipe | None = None) -> Path:
-    """The cached build's directory, building it first when there is none."""
-    final = demo_dir(cache_dir)
-    if is_built(cache_dir):
+def ensure_built(cache_dir: str | None = None, recipe: Recipe | None = None, seed: int | None = None) -> Path:
+    """The cached build's directory, building it first when there is none. ``seed`` (default:
+    ``$VLMEVAL_PRM_DEMO_SEED``, else 0) is the recipe's seed and picks the folder."""
+    seed = demo_seed() if seed is None else seed
+    final = demo_dir(cache_dir, seed)
+    if is_built(cache_dir, seed):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
     try:
-        _build(tmp, recipe or Recipe())
+        _build(tmp, dataclasses.replace(recipe or Recipe(), seed=seed))
         tmp.chmod(0o755)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not is_built(cache_dir):  # not a lost race with another builder: a real error
+            if not is_built(cache_dir, seed):  # not a lost race with another builder: a real error
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -119,8 +123,14 @@ def _build(out: Path, recipe: Recipe) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlmeval_prm.demo.build", description=__doc__.split("\n")[0])
     parser.add_argument("--cache-dir", help="default: $VLMEVAL_PRM_HOME/demo or ~/.cache/vlmeval_prm/demo")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help=f"training seed (default: ${SEED_ENV}, else 0); a seed other than 0 is built into "
+        "shapes-v<N>-seed<k>, which `vlmeval-prm demo` uses when run with that variable set",
+    )
     args = parser.parse_args(argv)
-    path = ensure_built(args.cache_dir)
+    path = ensure_built(args.cache_dir, seed=args.seed)
     print(path)
     print((path / BUILD_INFO).read_text())
     return 0

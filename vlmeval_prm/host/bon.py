@@ -3,12 +3,16 @@ every step with a PRM and answers with the best candidate.
 
 Data flows one way: sample -> split steps -> score -> select -> store. Every candidate and score is
 appended to the candidate store the moment it exists, and read back on a rerun, so nothing is
-sampled or scored twice.
+sampled or scored twice. A candidate belongs to the sampling settings it was drawn with and a score
+to the scorer that made it (digests of both, ``store.records``): a rerun with other settings samples
+afresh, one with another PRM identity scores again, and each says so once per store.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -20,18 +24,82 @@ from vlmeval.inference import FAIL_MSG  # VLMEvalKit retries predictions holding
 from vlmeval.vlm.base import BaseModel
 
 from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEFAULT_STEP_PROMPT, MAX_STEPS, SPEC_ENV
+from vlmeval_prm.host.config_keys import check_keys
 from vlmeval_prm.host.run_context import store_path
 from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
-from vlmeval_prm.prm import build_scorer, validate_spec
+from vlmeval_prm.policy.base import permanent_failure
+from vlmeval_prm.prm import build_scorer, scorer_identity, validate_spec
+from vlmeval_prm.remote_code import prepare_policy
 from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 from vlmeval_prm.select.strategies import Candidate, get_strategy, pick
 from vlmeval_prm.steps import split_steps
 from vlmeval_prm.store.jsonl import CandidateStore, SampleRecords
-from vlmeval_prm.store.records import CandidateRecord, SampleRecord, ScoreRecord, Summary
+from vlmeval_prm.store.records import CandidateRecord, SampleRecord, ScoreRecord, Summary, digest
 
 log = get_logger(__name__)
+
+#: The sampling settings that change what is sampled (``SamplingConfig`` fields; with the step
+#: prompt they make a candidate's ``sampling`` digest). Not batch_size: it changes speed only.
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "first_greedy")
+
+
+class PolicyFailure(SystemExit):
+    """Every candidate of the first question failed the same permanent way: the run stops.
+
+    A SystemExit, not an Exception, because ms-vlmeval 0.0.20's run.py catches ``Exception`` per
+    model x dataset, logs it and goes on with exit code 0, and ``track_progress_rich`` hands a worker
+    thread's exception to the main thread as it is. A SystemExit passes both, so ``python -m
+    vlmeval.run`` ends with exit code 1 and this message instead of writing a failed prediction for
+    every question. The original exception and its traceback are logged before it is raised."""
+
+
+class DuplicateTally:
+    """Identical candidates over a process: the first sample that has some is logged when it
+    happens, the totals once at exit (one line per model), not a line per question."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        #: model -> [samples, samples with identical candidates, identical candidates, candidates]
+        self.counts: dict[str, list[int]] = {}
+
+    def add(self, name: str, key: str, duplicates: int, present: int) -> None:
+        with self._lock:
+            first_ever = not self.counts
+            counts = self.counts.setdefault(name, [0, 0, 0, 0])
+            first = duplicates and not counts[1]
+            for j, value in enumerate((1, bool(duplicates), duplicates, present)):
+                counts[j] += value
+        if first_ever:
+            atexit.register(self.report)
+        if first:
+            log.warning(
+                "%s: %d of %d candidates of sample %s are identical to an earlier one (the first such "
+                "sample; the rest are counted and summed up when the run ends)",
+                name,
+                duplicates,
+                present,
+                key,
+            )
+
+    def report(self) -> None:
+        with self._lock:
+            counts = dict(self.counts)
+        for name, (samples, with_duplicates, duplicates, present) in counts.items():
+            if with_duplicates:
+                log.warning(
+                    "%s: %d of %d samples had identical candidates (%d of %d candidates identical to an "
+                    "earlier one of their sample; each row's summary counts its own)",
+                    name,
+                    with_duplicates,
+                    samples,
+                    duplicates,
+                    present,
+                )
+
+
+DUPLICATES = DuplicateTally()
 
 
 def sample_key(dataset: str | None, message: list[dict]) -> str:
@@ -84,6 +152,26 @@ def build_base(model, **kwargs):
     return supported_VLM[model](**kwargs)
 
 
+def changed(old: dict | None, new: dict) -> list[str]:
+    """The entries of a scorer identity that differ (``format.system_prompt``, ``max_steps``, ...)."""
+    if not isinstance(old, dict):
+        return []
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{name}.{sub}" for sub in changed(a, b)]
+        elif a != b:
+            out.append(name)
+    return out
+
+
+def _own_keys(cls: type) -> list[str]:
+    """The config keys a wrapper's constructor names itself (not ``model`` and the base's ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "model")]
+
+
 class BestOfN(BaseModel):
     """Best-of-N over any VLMEvalKit model. Keyword arguments it does not know go to the base model
     (e.g. ``use_vllm``, which VLMEvalKit injects for Qwen2-VL names)."""
@@ -128,15 +216,27 @@ class BestOfN(BaseModel):
         )
         self.base_name = model if isinstance(model, str) else model.get("class", "custom")
         self.name = name or f"{self.base_name}-BoN{n}"
+        base_keys = [*base_kwargs, *(k for k in model if k != "class")] if isinstance(model, dict) else base_kwargs
+        check_keys(model, base_keys, wrapper_keys=_own_keys(type(self)))  # a typo fails here, before any load
         self.base = build_base(model, **base_kwargs)
+        prepare_policy(self.base)  # remote-code weights made right (or refused) before any sampling
         self.adapter = get_adapter(self.base)  # fails here, naming the class, if it cannot sample
         self.adapter.check(self.base)
         self.step_prompt = None if self.adapter.enable_cot(self.base) else step_prompt
+        self.sampling_identity = {
+            **{k: getattr(self.sampling, k) for k in SAMPLING_KEYS},
+            "step_prompt": self.step_prompt,
+        }
+        self.sampling_id = digest(self.sampling_identity)
         self.is_api = getattr(self.base, "is_api", False)
         self.INTERLEAVE = getattr(self.base, "INTERLEAVE", False)
         self._prm = None
+        self._scorer: tuple[dict, str] | None = None
         self._stores: dict[str, CandidateStore] = {}
         self._lock = threading.Lock()
+        self._said: set[tuple[str, str]] = set()  # (store, what): what was said once per store
+        self._vetted = False  # the first sample's candidates were checked (``_stop_if_broken``)
+        self._stopped: str | None = None
 
     # -- VLMEvalKit model protocol, delegated to the base model -------------------------------
     def use_custom_prompt(self, dataset):
@@ -169,6 +269,23 @@ class BestOfN(BaseModel):
                 self._prm = build_scorer(self.prm_spec, **self.prm_options)
             return self._prm
 
+    @property
+    def prm_identity(self) -> tuple[dict, str]:
+        """(identity, digest) of the scorer: the PRM's (``prm.scorer_identity``, which loads no model)
+        and ``max_steps``. Scores stored by another identity are not this run's."""
+        with self._lock:
+            if self._scorer is None:
+                identity = {**scorer_identity(self.prm_spec, self.prm_options), "max_steps": self.max_steps}
+                self._scorer = identity, digest(identity)
+            return self._scorer
+
+    def _say_once(self, store: CandidateStore, what: str, message: str, *args) -> None:
+        with self._lock:
+            if (store.path, what) in self._said:
+                return
+            self._said.add((store.path, what))
+        log.warning(message, *args)
+
     def store(self, dataset: str | None) -> CandidateStore:
         path = store_path(self.name, dataset)
         with self._lock:
@@ -187,6 +304,8 @@ class BestOfN(BaseModel):
         return out
 
     def generate(self, message, dataset=None):
+        if self._stopped is not None:  # the other questions in flight stop too, without sampling
+            raise PolicyFailure(self._stopped)
         message = self.preproc_content(message)
         if message is None:
             raise ValueError(f"unsupported message format for {self.name}")
@@ -213,15 +332,30 @@ class BestOfN(BaseModel):
         one-by-one adapters hand them over; a batched call draws from its first candidate's seed and
         its candidates are stored in one write. A run killed and resumed therefore samples what an
         uninterrupted run would have (servers sample with their own seeds)."""
-        missing = [i for i in range(self.n) if entry.text(i) is None]
+        missing = [i for i in range(self.n) if entry.text(i, self.sampling_id) is None]
         if not missing:
             return
+        if any(entry.text(i) is not None for i in missing):
+            self._say_once(
+                store,
+                "sampling",
+                "%s: candidates stored in %s were sampled with other settings; sampling afresh with %s",
+                self.name,
+                store.path,
+                self.sampling_identity,
+            )
         seeded = not self.is_api
         written: set[int] = set()
 
         def record(j: int, s) -> CandidateRecord:
             return CandidateRecord(
-                key=key, i=missing[j], text=s.text, error=s.error, settings=s.settings, policy=self.base_name
+                key=key,
+                i=missing[j],
+                text=s.text,
+                error=s.error,
+                settings=s.settings,
+                policy=self.base_name,
+                sampling=self.sampling_id,
             )
 
         def write(j: int, s) -> None:  # stored the moment it exists
@@ -243,20 +377,54 @@ class BestOfN(BaseModel):
         )
         # adapters that make one call for all candidates: all of them in one write
         store.append(*(record(j, s) for j, s in enumerate(samples) if j not in written))
+        self._stop_if_broken(samples, entry)
+
+    def _stop_if_broken(self, samples: list, entry: SampleRecords) -> None:
+        """Stop the run (``PolicyFailure``) when every candidate of the first sample this model
+        samples failed with one and the same permanent exception: every other question would fail
+        the same way. Transient failures (connection errors, timeouts, HTTP 5xx, out of memory) are
+        recorded as ever, and sampled again on the next run."""
+        with self._lock:
+            first, self._vetted = not self._vetted, True
+        exc = permanent_failure(samples) if first else None
+        if exc is None or any(entry.text(i, self.sampling_id) is not None for i in range(self.n)):
+            return
+        message = (
+            f"vlmeval-prm: {self.name} stops the run: every candidate of the first question failed with the "
+            "same error, so every question would; no failed predictions are written. Fix the base model or "
+            f"its settings and run again. The error: {samples[0].error}"
+        )
+        with self._lock:
+            self._stopped = message
+        log.error(message, exc_info=exc)
+        raise PolicyFailure(message) from exc
 
     def _score_missing(
         self, store: CandidateStore, entry: SampleRecords, key: str, question: str, images: list[str], mode: str
     ) -> None:
+        identity, scorer = self.prm_identity
         todo = []
         for i in range(self.n):
-            text, done = entry.text(i), entry.score(i, self.prm_spec, mode)
+            text = entry.text(i, self.sampling_id)
+            done = entry.score(i, self.prm_spec, mode, self.sampling_id, scorer)
             if text is None or (done is not None and not self._rescore(done)):
                 continue
+            other = entry.score(i, self.prm_spec, mode, self.sampling_id) if done is None else None
+            if other is not None:
+                self._say_once(
+                    store,
+                    f"scorer-{mode}",
+                    "%s: %s scores stored in %s were made by another scorer (changed: %s); scoring every "
+                    "candidate again",
+                    self.name,
+                    mode,
+                    store.path,
+                    ", ".join(changed(other.meta.get("identity"), identity)) or "unknown",
+                )
             todo.append((i, split_steps(text, self.max_steps)))
         if not todo:
             return
         results = self.prm.score(question, images, [steps for _, steps in todo], mode=mode)
-        identity = getattr(self.prm, "identity", self.prm_spec)
         for (i, steps), res in zip(todo, results):
             store.append(
                 ScoreRecord(
@@ -271,6 +439,8 @@ class BestOfN(BaseModel):
                     bounds=res.bounds,
                     meta={**res.meta, "identity": identity},
                     retry=res.error is not None and res.transient and bool(steps),
+                    sampling=entry.candidate(i, self.sampling_id).sampling,
+                    scorer=scorer,
                 )
             )
 
@@ -285,8 +455,9 @@ class BestOfN(BaseModel):
         PRM call, a NaN or inf step score) is never picked over a scored one, and is counted. The
         store keeps the whole reasoning; the prediction is what the base model's own CoT mode would
         return for the chosen text (e.g. InternVL's MPO post-processing, MiniCPM's answer extraction)."""
-        texts = [entry.text(i) for i in range(self.n)]
-        records = [entry.score(i, self.prm_spec, "step") for i in range(self.n)]
+        scorer = self.prm_identity[1]
+        texts = [entry.text(i, self.sampling_id) for i in range(self.n)]
+        records = [entry.score(i, self.prm_spec, "step", self.sampling_id, scorer) for i in range(self.n)]
         failures = {"generation": 0, "no_steps": 0, "prm": 0, "non_finite": 0}
         for text, rec in zip(texts, records):
             reason = "generation" if text is None else "prm" if rec is None else rec.unscored_reason
@@ -294,14 +465,7 @@ class BestOfN(BaseModel):
                 failures[reason] += 1
         present = [t for t in texts if t is not None]
         duplicates = len(present) - len(set(present))
-        if duplicates:
-            log.warning(
-                "%s: %d of %d candidates are identical to an earlier one (key %s)",
-                self.name,
-                duplicates,
-                len(present),
-                key,
-            )
+        DUPLICATES.add(self.name, key, duplicates, len(present))
         strategy = get_strategy(f"prm_{self.aggregate}")
         cands = [
             Candidate(text=t, answer=None, correct=None, step_scores=r.scores if t is not None and r else None)
@@ -319,6 +483,8 @@ class BestOfN(BaseModel):
             unscored=sum(failures.values()),
             tied=[i for i, p in enumerate(strategy.probabilities(cands)) if p > 0],
             duplicates=duplicates,
+            sampling=self.sampling_id,
+            scorer=scorer,
         )
         if chosen is None:
             prediction = f"{FAIL_MSG} vlmeval-prm: no candidate could be scored ({failures})"

@@ -160,10 +160,12 @@ def serve(args) -> int:
 
 def models(args) -> int:
     """Every ``supported_VLM`` name (other plugins' too) with its class and sampling route, taken from
-    the adapter registry that Best-of-N uses; the Best-of-N names themselves are left out."""
+    the adapter registry that Best-of-N uses; the Best-of-N names themselves are left out. Families
+    whose sampling depends on the transformers line get the verdict for the installed version
+    (``transformers`` in the JSON, a note in the table)."""
     from vlmeval.config import supported_VLM
 
-    from vlmeval_prm.policy.catalog import model_routes
+    from vlmeval_prm.policy.catalog import installed_transformers, model_routes
 
     rows = model_routes(supported_VLM, use_vllm=args.use_vllm)
     if args.json:
@@ -171,10 +173,28 @@ def models(args) -> int:
         return 0
     width = max((len(r.name) for r in rows), default=4)
     for r in rows:
-        print(f"{r.name:<{width}}  {r.cls:<24}  {r.route:<12}  {r.reason}")
+        note = ""
+        if r.transformers is not None:
+            t = r.transformers
+            state = {True: "repaired by the plugin" if t.get("repair") else "works", False: "FAILS", None: "unknown"}
+            note = f"  [transformers {t['installed']}: {state[t['works']]}"
+            note += f"; needs {t['needs']}]" if t.get("needs") else "]"
+        print(f"{r.name:<{width}}  {r.cls:<24}  {r.route:<12}  {r.reason}{note}")
     ok = sum(r.route != "unsupported" for r in rows)
-    print(f"\n{ok} of {len(rows)} names can sample ({100 * ok / max(len(rows), 1):.0f}%)")
+    broken = sum(r.route != "unsupported" and (r.transformers or {}).get("works") is False for r in rows)
+    print(f"\n{ok} of {len(rows)} names can sample ({100 * ok / max(len(rows), 1):.0f}%)", end="")
+    if broken:
+        print(f"; {broken} of them not with the installed transformers {installed_transformers()} (FAILS above)")
+    else:
+        print()
     return 0
+
+
+def check_prm(args) -> int:
+    """Load or contact the PRM, score a probe, print one PASS/FAIL line per check (``host/check_prm.py``)."""
+    from vlmeval_prm.host.check_prm import main as run_check
+
+    return run_check(args.spec, args.options, timeout=args.timeout)
 
 
 def main(argv=None) -> int:
@@ -232,6 +252,23 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="a JSON array of {name, class, route, reason}")
     p.add_argument("--use-vllm", action="store_true", help="the routes vlmeval.run --use-vllm gives")
     p.set_defaults(func=models)
+    p = sub.add_parser(
+        "check-prm",
+        help="check a PRM before a run: load or contact it, score a probe, one PASS/FAIL line per check",
+    )
+    p.add_argument(
+        "spec",
+        nargs="?",
+        default=os.environ.get(SPEC_ENV) or DEFAULT_PRM_SPEC,
+        help=f"PRM spec, e.g. transformers:OpenGVLab/VisualPRM-8B (default: ${SPEC_ENV} or {DEFAULT_PRM_SPEC})",
+    )
+    p.add_argument("--options", help='JSON object of PRM options (prm_options), e.g. \'{"mode": "chat"}\'')
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds to wait for a PRM server's /health (the startup_timeout option; default 30)",
+    )
+    p.set_defaults(func=check_prm)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -4,14 +4,18 @@ Adds: ``<name>-BoN<N>`` for every model in ``supported_VLM`` (N in ``BON_SIZES``
 models (trained and tiny), only when ``VLMEVAL_PRM_DEMO=1`` (``vlmeval-prm demo`` and the tests set it); the plugin's
 datasets (first in ``DATASET_CLASSES`` so their names resolve to them);
 ``BestOfN``/``TransformersChat``/``PRMJudge`` as ``vlmeval.vlm`` attributes for ``--config`` JSON.
+In a ``vlmeval.run`` process it then checks the ``--model`` names that are this plugin's and stops the
+run before any work when one cannot be built (``check_run_names``).
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import json
 import os
+import re
 import sys
 from functools import partial
 
@@ -147,6 +151,191 @@ class RefuseToBuild:
         return f"<BestOfN refused: {self.error}>"
 
 
+# ------------------------------------------------------------------------------------------ names
+
+#: ``<base>-BoN<N>``; the suffix is matched case-blind, so ``-bon8`` is diagnosed as a typo of ours.
+BON_NAME = re.compile(r"(?P<base>.+)-bon(?P<n>[0-9]+)", re.IGNORECASE)
+#: The prefix of the demo's names: every name that starts with it is this plugin's.
+DEMO_PREFIX = "VLMEvalPRM-"
+#: Exit status of a ``vlmeval.run`` stopped for its model names (argparse's status for a bad argument).
+NAME_EXIT_STATUS = 2
+
+
+def _close(word: str, names) -> list[str]:
+    """Up to three near names, case-blind (``internvl2_5-8b`` finds ``InternVL2_5-8B``)."""
+    by_lower: dict[str, str] = {}
+    for name in names:
+        by_lower.setdefault(name.lower(), name)
+    if word.lower() in by_lower:
+        return [by_lower[word.lower()]]
+    return [by_lower[m] for m in difflib.get_close_matches(word.lower(), list(by_lower), n=3, cutoff=0.6)]
+
+
+def _did_you_mean(names: list[str]) -> str:
+    return f" Did you mean {' or '.join(repr(n) for n in names)}?" if names else ""
+
+
+def _n_hint(name: str, base: str | None, n: int) -> str:
+    """N out of ``BON_SIZES``: the sizes, and (for a known base) the ``--config`` entry for this N."""
+    hint = f"N={n} is not a registered size: the -BoN<N> names have N in {', '.join(map(str, BON_SIZES))}."
+    if base is None:
+        return hint
+    entry = json.dumps({name: {"class": "BestOfN", "model": base, "n": n}})
+    return f'{hint} For any other N use a --config JSON, e.g. {{"model": {entry}, "data": {{...}}}}.'
+
+
+def name_problem(name: str, supported_VLM: dict) -> str | None:
+    """Why ``name`` cannot be built, and what to do, when it is this plugin's name (``<model>-BoN<N>``
+    or ``VLMEvalPRM-*``): an unknown base model (with a did-you-mean), a demo name without
+    ``VLMEVAL_PRM_DEMO=1``, an N that is not in ``BON_SIZES``, a PRM as the base, or a name that refuses
+    to build (invalid ``VLMEVAL_PRM_OPTIONS``). None when the name is fine, or is not ours (VLMEvalKit
+    reports those itself)."""
+    listing = "Run `vlmeval-prm models` to list the models; each has the names <model>-BoN<N>."
+    factory = supported_VLM.get(name)
+    if factory is not None:
+        refused = getattr(factory, "func", None)
+        return refused.error if isinstance(refused, RefuseToBuild) else None
+    demo = demo_enabled()
+    switch = (
+        f"The demo's names exist only with {DEMO_ENV}=1 set: rerun with it, e.g. `{DEMO_ENV}=1 python -m "
+        "vlmeval.run ...` (`vlmeval-prm demo` and `vlmeval-prm serve --demo` set it themselves)."
+    )
+    match = BON_NAME.fullmatch(name)
+    if match is None:
+        if not name.startswith(DEMO_PREFIX):
+            return None  # not ours
+        if name in DEMO_MODELS and not demo:
+            return f"{name!r} is a demo model. {switch}"
+        ours = [*DEMO_MODELS, *(bon_name(b, n) for b in POLICY_MODELS for n in BON_SIZES)]
+        return f"{name!r} is not a name of this plugin.{_did_you_mean(_close(name, ours))} {listing}"
+    base, n = match["base"], int(match["n"])
+    if base in PRM_MODELS:
+        return (
+            f"{base!r} is a PRM, not a policy, so it has no Best-of-N names: use a policy's "
+            f"<model>-BoN<N> name, with {SPEC_ENV} naming the PRM. {listing}"
+        )
+    bases = [k for k in supported_VLM if not BON_NAME.fullmatch(k) and k not in PRM_MODELS]
+    bases += [b for b in POLICY_MODELS if b not in supported_VLM]  # demo bases, known even when off
+    problems = []
+    if base not in bases:
+        size = n if n in BON_SIZES else min(BON_SIZES, key=lambda s: (abs(s - n), s))
+        guess = _did_you_mean([bon_name(b, size) for b in _close(base, bases)])
+        problems.append(f"{base!r} is not a model in VLMEvalKit's supported_VLM, so it has no Best-of-N names.{guess}")
+    elif base in DEMO_MODELS and not demo:
+        problems.append(f"{name!r} is a demo name. {switch}")
+    elif n in BON_SIZES and name != bon_name(base, n):
+        problems.append(f"the suffix is -BoN<N>, with a capital B and N.{_did_you_mean([bon_name(base, n)])}")
+    if n not in BON_SIZES:
+        problems.append(_n_hint(bon_name(base, n), base if base in bases else None, n))
+    if base not in bases:
+        problems.append(listing)
+    if not problems:  # base and N are fine, yet the name is missing: its registration failed
+        return f"{name!r} was not registered: see the plugin's error above. {listing}"
+    return " ".join(problems)
+
+
+def requested_names(argv: list[str]) -> list[str]:
+    """The model names a ``vlmeval.run`` command line will look up in ``supported_VLM``: ``--model``
+    names, or the ``--config`` entries without ``"class"``. Empty when no lookup happens (``--mode
+    eval`` reads stored predictions, ``--base-url`` serves the name) or the line cannot be read (run.py
+    then reports it itself)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--model", nargs="+")
+    parser.add_argument("--config")
+    parser.add_argument("--mode")
+    parser.add_argument("--base-url")
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return []
+    if args.mode == "eval" or args.base_url:
+        return []
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                models = json.load(f).get("model")
+        except (OSError, ValueError, AttributeError):
+            return []  # not ours to report: run.py says what is wrong with the file
+        if not isinstance(models, dict):
+            return []
+        return [k for k, v in models.items() if isinstance(v, dict) and "class" not in v]
+    return list(args.model or [])
+
+
+def _dash_m_module(orig_argv: list[str]) -> str | None:
+    """The module of ``python [options] -m MODULE ...`` (``sys.orig_argv``), else None."""
+    args = iter(orig_argv[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, None)
+        if arg.startswith("-m") and not arg.startswith("--"):
+            return arg[2:]
+        if arg in ("-X", "-W", "-c"):  # options that take a value; -c also ends the options
+            if arg == "-c":
+                return None
+            next(args, None)
+        elif not arg.startswith("-") or arg == "-":
+            return None  # a script: no -m
+    return None
+
+
+def is_run_main() -> bool:
+    """Whether this process is VLMEvalKit's run script: ``python -m vlmeval.run`` (``torchrun -m
+    vlmeval.run`` too), or ``python``/``torchrun`` given the path of a ``run.py`` that is vlmeval's
+    own or sits beside a ``vlmeval`` package (a VLMEvalKit checkout).
+
+    With ``-m``, Python imports the package ``vlmeval`` to find ``vlmeval.run``, and vlmeval's
+    ``__init__`` imports its config: this plugin runs before run.py does, while ``sys.argv[0]`` is
+    still ``"-m"`` (the module it looks for is then in ``sys.orig_argv``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return spec.name == "vlmeval.run"
+    if sys.argv[:1] == ["-m"]:
+        return _dash_m_module(getattr(sys, "orig_argv", [])) == "vlmeval.run"
+    path = getattr(main, "__file__", None)
+    if not path or os.path.basename(path) != "run.py":
+        return False
+    path = os.path.realpath(path)
+    vlmeval = sys.modules.get("vlmeval")
+    own = getattr(vlmeval, "__file__", None)
+    if own and path == os.path.join(os.path.dirname(os.path.realpath(own)), "run.py"):
+        return True
+    return os.path.isfile(os.path.join(os.path.dirname(path), "vlmeval", "config.py"))
+
+
+def check_run_names(supported_VLM: dict) -> None:
+    """Stop a ``vlmeval.run`` process whose ``--model`` names this plugin owns but cannot build.
+
+    Without it, run.py looks a name up only when it reaches the model, after it built the dataset and
+    wrote its run files; the ``KeyError`` is caught, logged as a traceback, and the run exits 0.
+    Registration runs when vlmeval's config is first imported: with ``python -m vlmeval.run`` while
+    Python imports the package ``vlmeval`` to find run.py, with ``python run.py`` (each ``torchrun``
+    rank) at run.py's own imports; either way before run.py parses its arguments or writes a file. So
+    here, with every name registered, the command line is read as run.py will read it
+    (``requested_names``) and every name of ours that would fail is reported at once: which case it is
+    and what to do (``name_problem``). Then the process ends with status 2 before any work (torchrun
+    then stops the other ranks and fails). Names that are not ours stay VLMEvalKit's business.
+
+    The exit is ``os._exit`` because the startup hook deliberately turns a plugin's ``SystemExit``
+    into a warning (a plugin must not stop vlmeval); nothing has run yet, so there is nothing to clean
+    up, and the message is written and stdout/stderr flushed first.
+    Any other process that imports vlmeval (``vlmeval-prm``, tests, a notebook, ``vlmeval.run``
+    imported as a module) is never checked."""
+    if not is_run_main():
+        return
+    problems = [(name, why) for name in requested_names(sys.argv[1:]) if (why := name_problem(name, supported_VLM))]
+    if not problems:
+        return
+    if os.environ.get("RANK", "0") == "0":  # torchrun: every rank stops, one reports
+        for name, why in problems:
+            log.error("cannot run model %s: %s", name, why)
+        log.error("nothing was run (exit status %d)", NAME_EXIT_STATUS)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(NAME_EXIT_STATUS)
+
+
 def register_models(supported_VLM: dict) -> None:
     demo = demo_enabled()
     for name, factory in {**POLICY_MODELS, **PRM_MODELS}.items():
@@ -222,6 +411,10 @@ def register() -> None:
             step()
         except Exception as exc:
             log.error("%s failed: %s: %s", getattr(step, "func", step).__name__, type(exc).__name__, exc)
+    try:
+        check_run_names(supported_VLM)
+    except Exception as exc:  # a check that fails leaves the run to VLMEvalKit, as before
+        log.error("check_run_names failed: %s: %s", type(exc).__name__, exc)
 
 
 # BoN names are derived from every model, including other plugins': run after them.

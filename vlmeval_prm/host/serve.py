@@ -3,7 +3,9 @@
 Why: OpenCompass evaluates models it can call (its ``OpenAISDK`` model), and other clients (another
 machine's VLMEvalKit ``GPT4V``/``LMDeployAPI``, a notebook, an app) speak the same protocol. The answer is
 the chosen candidate in ``choices[0].message.content``; a top-level ``bon`` object adds every candidate
-with its scores. Every request's candidates go to the candidate store, which doubles as a cache: an
+with its scores, and ``usage`` counts the candidates' tokens where the base model has a tokenizer
+(``UsageCounter``). A malformed request gets a 400 that names what is wrong and where in the
+request. Every request's candidates go to the candidate store, which doubles as a cache: an
 identical request (same text, same image bytes) is answered from it without sampling again.
 
 The port opens at once and the model loads in the background: ``/health`` and chat requests answer 503
@@ -22,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -29,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -37,10 +40,12 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlmeval_prm.constants import DEMO_ENV, STORE_DIR_ENV
+from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm import parse_spec
 from vlmeval_prm.store.records import Summary
@@ -123,6 +128,48 @@ class APIError(Exception):
         }
 
 
+#: JSON's names for Python values, for messages about what a request holds.
+JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
+def _kind(value) -> str:
+    return "null" if value is None else JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def request_loc(loc, body) -> str:
+    """A pydantic error location as a path into the request (``messages.0.content``): pydantic also
+    puts the names of union members into it (``content.str``, ``image_url.ImageURL``); those are not in
+    the request and are dropped. A missing key stays, as the last element."""
+    path, cur = [], body
+    items = [x for x in loc if x != "body"] if loc and loc[0] == "body" else list(loc)
+    for i, item in enumerate(items):
+        if isinstance(cur, dict) and item in cur:
+            cur = cur[item]
+        elif isinstance(cur, list) and isinstance(item, int) and 0 <= item < len(cur):
+            cur = cur[item]
+        elif i == len(items) - 1 and isinstance(cur, dict) and isinstance(item, str):
+            pass  # a missing key: keep it
+        else:
+            continue  # a union member's name
+        path.append(str(item))
+    return ".".join(path)
+
+
+def json_error_message(doc, pos: int, reason: str) -> str:
+    """``json.JSONDecodeError``'s wording, with line and column counted from 1."""
+    text = doc.decode("utf-8", "replace") if isinstance(doc, bytes) else str(doc or "")
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    return f"the request body is not valid JSON: {reason} at line {line}, column {column} (character {pos})"
+
+
 # ------------------------------------------------------------------------------------ model loading
 
 
@@ -152,7 +199,11 @@ def load_model(opts: ServeOptions):
         name = opts.model
         prm = plugin.TINY_PRM_SPEC if opts.demo else opts.prm
         if name not in supported_VLM:
-            raise KeyError(f"{name!r} is not in VLMEvalKit's supported_VLM (nor a -BoN<N> name of one)")
+            why = plugin.name_problem(name, supported_VLM)  # ours: which case, and what to do
+            raise LookupError(
+                f"{name!r} is not in VLMEvalKit's supported_VLM"
+                + (f": {why}" if why else " (nor a -BoN<N> name of one)")
+            )
         factory = supported_VLM[name]
         if getattr(factory, "func", None) is plugin.BestOfN:  # a registered -BoN<N> name: N is in the name
             if opts.n is not None and opts.n != factory.keywords.get("n"):
@@ -173,12 +224,13 @@ def bon_payload(model, out: dict) -> dict:
     entry = model.store(None).get(summary.key)
     candidates = []
     for i, score in enumerate(summary.scores):
-        cand, rec = entry.candidates.get(i), entry.score(i, model.prm_spec, "step")
+        cand = entry.candidate(i, summary.sampling)
+        rec = entry.score(i, summary.prm, "step", summary.sampling, summary.scorer)
         error = (cand.error if cand is not None else "not sampled") or (rec.error if rec is not None else None)
         candidates.append(
             {
                 "index": i,
-                "text": entry.text(i),
+                "text": entry.text(i, summary.sampling),
                 "score": score,
                 "steps": rec.steps if rec is not None else None,
                 "step_scores": _finite(rec.step_scores) if rec is not None else None,
@@ -200,6 +252,57 @@ def _finite(values: list[float] | None) -> list[float | None] | None:
     return None if values is None else [v if math.isfinite(v) else None for v in values]
 
 
+# -------------------------------------------------------------------------------------------- usage
+
+
+def find_tokenizer(base) -> tuple[Any, str] | tuple[None, None]:
+    """The base model's own tokenizer and where it sits (``tokenizer`` or ``processor.tokenizer``, as
+    TransformersChat and VLMEvalKit's local wrappers keep it); (None, None) for API models."""
+    for path in ("tokenizer", "processor.tokenizer"):
+        obj = base
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+        if callable(getattr(obj, "encode", None)):
+            return obj, path
+    return None, None
+
+
+class UsageCounter:
+    """The OpenAI ``usage`` object of a response, for the N candidates the answer was chosen from.
+
+    No policy reports token counts (VLMEvalKit's wrappers return text only; its API wrappers drop the
+    server's ``usage``), so they are counted here with the base model's own tokenizer, without special
+    tokens: ``completion_tokens`` is the sum over the candidates' texts; ``prompt_tokens`` is the text
+    the policy is sent (the question and the step prompt) times the number of candidates that produced
+    text. The chat template and image tokens are not counted (the policy adds them its own way), nor is
+    the PRM's scoring. A policy without a local tokenizer (an API model) gets ``usage: null``: no
+    numbers rather than made-up ones. ``bon.usage_counted_by`` says which applies. The counts describe
+    the candidates behind the answer, also when they come from the store rather than fresh sampling.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.tokenizer, where = find_tokenizer(model.base)
+        base = type(model.base).__name__
+        self.method = (
+            f"the tokenizer of {model.base_name} ({base}.{where}); text only: chat template and image "
+            "tokens are not counted"
+            if self.tokenizer is not None
+            else f"not counted: {model.base_name} ({base}) has no local tokenizer and reports no token counts"
+        )
+
+    def tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def usage(self, message: list[dict], bon: dict) -> dict | None:
+        if self.tokenizer is None:
+            return None
+        texts = [c["text"] for c in bon["candidates"] if c["text"] is not None]
+        prompt = self.tokens(message_parts(self.model.prompt_message(message))[0]) * len(texts)
+        completion = sum(self.tokens(t) for t in texts)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 class ModelHost:
     """Loads the model in a thread and runs ``generate`` calls on a bounded pool: ``max_concurrency``
     workers when policy and PRM are both served (API calls), else one (VLMEvalKit's local wrappers and
@@ -210,6 +313,7 @@ class ModelHost:
         self.model = None
         self.error: str | None = None
         self.image_dir: str | None = None
+        self.counter: UsageCounter | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -229,6 +333,7 @@ class ModelHost:
         workers = self.opts.max_concurrency if parallel else 1
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bon-generate")
         self.image_dir = os.path.join(os.path.dirname(os.path.abspath(model.store(None).path)), "images")
+        self.counter = UsageCounter(model)
         self.model = model
         log.info(
             "%s ready in %.1f s (N=%d, PRM %s; %s); candidate store %s",
@@ -240,13 +345,16 @@ class ModelHost:
             model.store(None).path,
         )
 
-    async def generate(self, message: list[dict]) -> tuple[str, dict]:
+    async def generate(self, message: list[dict]) -> tuple[str, dict, dict | None]:
+        """The answer, the ``bon`` object and the ``usage`` object (None when tokens are not counted)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._generate, message)
 
-    def _generate(self, message: list[dict]) -> tuple[str, dict]:
+    def _generate(self, message: list[dict]) -> tuple[str, dict, dict | None]:
         out = self.model.generate(message, None)
-        return out["prediction"], bon_payload(self.model, out)
+        bon = bon_payload(self.model, out)
+        bon["usage_counted_by"] = self.counter.method
+        return out["prediction"], bon, self.counter.usage(message, bon)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -271,9 +379,23 @@ class ImagePart(BaseModel):
     image_url: ImageURL | str
 
 
+#: The content part types a request may hold (OpenAI's names).
+PART_TYPES = ("text", "image_url")
+
+
 class Message(BaseModel):
+    """``content``: a string or a list of parts; the parts are checked one by one in ``parse_part``, so
+    that an error names the part and what is wrong with it."""
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]] | None = None
+    content: Any = None
+
+    @field_validator("content")
+    @classmethod
+    def _string_or_parts(cls, value):
+        if value is None or isinstance(value, (str, list)):
+            return value
+        raise ValueError(f"must be a string or a list of content parts ({', '.join(PART_TYPES)}), got {_kind(value)}")
 
 
 class ChatRequest(BaseModel):
@@ -290,65 +412,82 @@ class ChatRequest(BaseModel):
 # ------------------------------------------------------------------------------------------- images
 
 
-async def image_bytes(url: str, opts: ServeOptions) -> bytes:
+async def image_bytes(url: str, opts: ServeOptions, where: str = "image_url") -> bytes:
     """The bytes behind an image URL: a base64 data URL always; http(s) only with
-    ``--allow-remote-images``; ``file://`` only inside ``--image-root``."""
+    ``--allow-remote-images``; ``file://`` only inside ``--image-root``. ``where``: the part's path in
+    the request (``messages.0.content.1.image_url``), named in every error."""
     scheme = urlparse(url).scheme.lower()
     if scheme == "data":
         header, sep, payload = url.partition(",")
         if not sep or not header.lower().endswith(";base64"):
-            raise APIError(400, "an image data URL must be base64: data:image/png;base64,...", param="image_url")
+            raise APIError(400, f"{where}: an image data URL must be base64: data:image/png;base64,...", param=where)
         if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-            raise APIError(400, f"image larger than {MAX_IMAGE_BYTES} bytes", param="image_url")
+            raise APIError(400, f"{where}: image larger than {MAX_IMAGE_BYTES} bytes", param=where)
         try:
             return base64.b64decode(payload, validate=True)
         except binascii.Error as exc:
-            raise APIError(400, f"image data URL is not valid base64: {exc}", param="image_url") from exc
+            raise APIError(400, f"{where}: image data URL is not valid base64: {exc}", param=where) from exc
     if scheme in ("http", "https"):
         if not opts.allow_remote_images:
             raise APIError(
                 400,
-                "http(s) image URLs are off on this server (start it with --allow-remote-images); "
+                f"{where}: http(s) image URLs are off on this server (start it with --allow-remote-images); "
                 "send the image as a base64 data URL",
-                param="image_url",
+                param=where,
             )
         try:
             async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True) as client:
                 resp = await client.get(url)
                 resp.raise_for_status()
         except httpx.HTTPError as exc:
-            raise APIError(400, f"could not fetch the image: {exc}", param="image_url") from exc
+            raise APIError(400, f"{where}: could not fetch the image: {exc}", param=where) from exc
         return resp.content
     if scheme == "file":
         if not opts.image_root:
             raise APIError(
-                400, "file:// image URLs are off on this server (start it with --image-root DIR)", param="image_url"
+                400, f"{where}: file:// image URLs are off on this server (start it with --image-root DIR)", param=where
             )
         root = os.path.realpath(opts.image_root)
         path = os.path.realpath(url2pathname(urlparse(url).path))
         if os.path.commonpath([root, path]) != root:
-            raise APIError(400, "file:// image URL outside --image-root", param="image_url")
+            raise APIError(400, f"{where}: file:// image URL outside --image-root", param=where)
         try:
             with open(path, "rb") as f:
                 return f.read(MAX_IMAGE_BYTES + 1)
         except OSError as exc:
-            raise APIError(400, f"could not read the image file: {exc.strerror}", param="image_url") from exc
+            raise APIError(400, f"{where}: could not read the image file: {exc.strerror}", param=where) from exc
     raise APIError(
-        400, f"unsupported image URL scheme {scheme or url[:16]!r}: use a base64 data URL", param="image_url"
+        400, f"{where}: unsupported image URL scheme {scheme or url[:16]!r}: use a base64 data URL", param=where
     )
 
 
-def save_image(data: bytes, folder: str) -> str:
+#: An object's default repr (``<_io.BytesIO object at 0x7f...>``), which Pillow puts in its messages.
+OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def save_image(data: bytes, folder: str, where: str = "image_url") -> str:
     """Check that ``data`` is an image and keep it as ``<folder>/<sha256>.<format>``: named by content, so
     the same image in another request is the same sample in the store."""
     if len(data) > MAX_IMAGE_BYTES:
-        raise APIError(400, f"image larger than {MAX_IMAGE_BYTES} bytes", param="image_url")
+        raise APIError(400, f"{where}: image larger than {MAX_IMAGE_BYTES} bytes", param=where)
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = (im.format or "png").lower()
             im.verify()
+    except UnidentifiedImageError as exc:
+        raise APIError(
+            400,
+            f"{where}: the data ({len(data)} bytes) is not a readable image: Pillow recognises no image "
+            "format in it; send PNG, JPEG, GIF, BMP or WebP",
+            param=where,
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise APIError(400, f"{where}: the image has too many pixels ({exc})", param=where) from exc
     except Exception as exc:
-        raise APIError(400, f"not a readable image: {exc}", param="image_url") from exc
+        reason = OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
+        raise APIError(
+            400, f"{where}: the data ({len(data)} bytes) is not a readable image: it is damaged ({reason})", param=where
+        ) from exc
     path = os.path.join(folder, f"{hashlib.sha256(data).hexdigest()}.{fmt}")
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
@@ -357,6 +496,38 @@ def save_image(data: bytes, folder: str) -> str:
             f.write(data)
         os.replace(tmp, path)
     return path
+
+
+def parse_part(part, where: str) -> TextPart | ImagePart:
+    """One content part, checked: an object with a known ``type`` and that type's fields. Errors name
+    the part (``where``: ``messages.0.content.1``) and, for an unknown type, the ones allowed."""
+    allowed = " and ".join(PART_TYPES)
+    if not isinstance(part, dict):
+        raise APIError(
+            400, f"{where} is {_kind(part)}: a content part is an object with a type ({allowed})", param=where
+        )
+    kind = part.get("type")
+    if kind not in PART_TYPES:
+        if "type" not in part:
+            what = "has no type"
+        elif isinstance(kind, str):
+            what = f"has type {kind[:40]!r}, which this server does not accept"
+        else:
+            what = f"has a type that is {_kind(kind)}"
+        raise APIError(
+            400, f"{where} {what}: content parts may be of type {allowed}", param=f"{where}.type", code="invalid_type"
+        )
+    schema = TextPart if kind == "text" else ImagePart
+    try:
+        return schema.model_validate(part)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(filter(None, [where, request_loc(first["loc"], part)]))
+        msg = first["msg"]
+        if loc == f"{where}.image_url":  # missing, or neither an object nor a string
+            got = f"got {_kind(part['image_url'])}" if "image_url" in part else "it is missing"
+            msg = f'an image_url part holds "image_url": {{"url": "data:image/png;base64,..."}}; {got}'
+        raise APIError(400, f"{loc}: {msg}", param=loc) from None
 
 
 async def to_vlmeval_message(request, opts: ServeOptions, image_dir: str) -> list[dict]:
@@ -378,22 +549,52 @@ async def to_vlmeval_message(request, opts: ServeOptions, image_dir: str) -> lis
             param="messages",
         )
     content = request.messages[0].content
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else [p.model_dump() for p in content or []]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
     message = []
-    for part in parts:
-        if part["type"] == "text":
-            if part["text"].strip():
-                message.append({"type": "text", "value": part["text"]})
-        else:
-            ref = part["image_url"]
-            url = ref if isinstance(ref, str) else ref["url"]
-            message.append({"type": "image", "value": save_image(await image_bytes(url, opts), image_dir)})
+    for i, raw in enumerate(content or []):
+        where = f"messages.0.content.{i}"
+        part = parse_part(raw, where)
+        if isinstance(part, TextPart):
+            if part.text.strip():
+                message.append({"type": "text", "value": part.text})
+            continue
+        url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+        data = await image_bytes(url, opts, f"{where}.image_url")
+        message.append({"type": "image", "value": save_image(data, image_dir, f"{where}.image_url")})
     if not message:
         raise APIError(400, "the user message has no text and no image", param="messages")
     return message
 
 
 # -------------------------------------------------------------------------------------------- app
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """FastAPI's request validation error as one clear 400: invalid JSON with its line and column, a
+    body that is not a JSON object, or the first invalid field, named by its path in the request."""
+    first = exc.errors()[0] if exc.errors() else {}
+    kind, loc = first.get("type"), tuple(first.get("loc", ()))
+    if kind == "json_invalid":
+        pos = loc[-1] if loc and isinstance(loc[-1], int) else 0
+        reason = (first.get("ctx") or {}).get("error") or "JSON decode error"
+        return APIError(400, json_error_message(exc.body, pos, reason), code="invalid_json")
+    path = request_loc(loc, exc.body)
+    if not path:
+        if kind == "missing":
+            got = "no body"
+        elif isinstance(exc.body, (bytes, str)):  # not read as JSON: another Content-Type
+            got = "a body that was not read as JSON"
+        else:
+            got = _kind(exc.body)
+        return APIError(
+            400,
+            f"the request body must be a JSON object with model and messages, got {got} "
+            "(send it with Content-Type: application/json)",
+        )
+    msg = str(first.get("msg") or "invalid value")
+    msg = msg.removeprefix("Value error, ")
+    return APIError(400, f"{path}: {msg}", param=path)
 
 
 def create_app(host: ModelHost):
@@ -407,10 +608,22 @@ def create_app(host: ModelHost):
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        msg = f"{'.'.join(loc) + ': ' if loc else ''}{first.get('msg', 'invalid request')}"
-        return JSONResponse(APIError(400, msg, param=".".join(loc) or None).body(), status_code=400)
+        return JSONResponse(validation_error(exc).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """FastAPI's own errors (an unknown path, a wrong method, a body it cannot read), in OpenAI's body."""
+        if exc.status_code in (404, 405):
+            message = (
+                f"{request.method} {request.url.path} is not an endpoint of this server "
+                "(it has GET /health, GET /v1/models and POST /v1/chat/completions)"
+            )
+        else:
+            message = str(exc.detail)
+        error = APIError(
+            exc.status_code, message, type="invalid_request_error" if exc.status_code < 500 else "server_error"
+        )
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     def authorize(request: Request) -> None:
         key = host.opts.api_key
@@ -453,7 +666,7 @@ def create_app(host: ModelHost):
             )
         message = await to_vlmeval_message(request, host.opts, host.image_dir)
         try:
-            answer, bon = await host.generate(message)
+            answer, bon, usage = await host.generate(message)
         except Exception as exc:
             log.exception("Best-of-N failed for a request")
             raise APIError(500, f"Best-of-N failed: {type(exc).__name__}: {exc}", type="server_error") from exc
@@ -478,6 +691,7 @@ def create_app(host: ModelHost):
                     "logprobs": None,
                 }
             ],
+            "usage": usage,  # see UsageCounter: null where tokens cannot be counted
             "bon": bon,
         }
 

@@ -40,6 +40,8 @@ __all__ = [
     "get_adapter",
     "route_of",
     "supported_families",
+    "is_transient",
+    "permanent_failure",
 ]
 
 #: What ``vlmeval-prm models`` reports: N candidates in one engine call; one API request with n=N;
@@ -88,14 +90,51 @@ class SamplingConfig:
         return asdict(self)
 
 
+#: Exception classes (by name, anywhere in the MRO, so no client library is imported to check) of
+#: failures that may not happen again: connection errors, timeouts, out of memory, overloaded servers.
+TRANSIENT_ERRORS = frozenset(
+    {
+        "ConnectionError",  # builtin (refused, reset, ...) and requests'
+        "TimeoutError",
+        "Timeout",  # requests
+        "TransportError",  # httpx: connection errors and timeouts
+        "APIConnectionError",  # openai, anthropic (their timeouts derive from it)
+        "InternalServerError",
+        "RateLimitError",
+        "OutOfMemoryError",  # torch
+        "MemoryError",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may not happen again: a ``TRANSIENT_ERRORS`` class, an HTTP 5xx, 408 or 429
+    (the status on the exception or its response), or an API wrapper's failure answer (VLMEvalKit's
+    ``BaseAPI`` hides the status after its own retries and retries those rows on the next run itself).
+    A chained cause counts too."""
+    from vlmeval.inference import FAIL_MSG
+
+    if any(klass.__name__ in TRANSIENT_ERRORS for klass in type(exc).__mro__):
+        return True
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int) and (status >= 500 or status in (408, 429)):
+        return True
+    if isinstance(exc, RuntimeError) and str(exc).startswith(FAIL_MSG):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and is_transient(cause)
+
+
 @dataclass
 class Sample:
     """One candidate. ``settings`` are the ones used for it, in family-neutral names
-    (do_sample, temperature, top_p, top_k, max_new_tokens; None = left to the model or server)."""
+    (do_sample, temperature, top_p, top_k, max_new_tokens; None = left to the model or server).
+    ``exception``: what a failed candidate raised (None when unknown), for ``permanent_failure``."""
 
     text: str | None
     error: str | None
     settings: dict
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -307,7 +346,18 @@ def as_text(raw: Any) -> str:
 
 
 def failed(exc: BaseException, settings: dict) -> Sample:
-    return Sample(text=None, error=f"{type(exc).__name__}: {exc}", settings=settings)
+    return Sample(text=None, error=f"{type(exc).__name__}: {exc}", settings=settings, exception=exc)
+
+
+def permanent_failure(samples: list[Sample]) -> BaseException | None:
+    """The exception every one of ``samples`` failed with, when it is one and the same (type and
+    message) and not transient: the policy cannot answer at all. None otherwise, and when a failure's
+    exception is unknown."""
+    errors = {s.error for s in samples}
+    exc = samples[0].exception if samples else None
+    if len(errors) != 1 or None in errors or any(s.exception is None for s in samples) or is_transient(exc):
+        return None
+    return exc
 
 
 # -- adapters -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from vlmeval.vlm.base import BaseModel
 
 from vlmeval_prm.counters import bump
 from vlmeval_prm.loading import load_images, load_model_and_processor, message_parts
-from vlmeval_prm.policy.base import Route, Sample, SamplingAdapter, SamplingConfig, register_adapter
+from vlmeval_prm.policy.base import Route, Sample, SamplingAdapter, SamplingConfig, failed, register_adapter
 
 
 class TransformersChat(BaseModel):
@@ -68,7 +68,7 @@ class TransformersChat(BaseModel):
             try:
                 out += [Sample(text=t, error=None, settings=settings) for t in self._generate(message, count, **kwargs)]
             except Exception as exc:  # every candidate of the failed call is a recorded failure
-                out += [Sample(text=None, error=f"{type(exc).__name__}: {exc}", settings=settings)] * count
+                out += [failed(exc, settings)] * count
         return out
 
 

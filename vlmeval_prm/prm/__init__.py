@@ -45,10 +45,24 @@ def _backend_class(backend: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
+def _options(cls: type) -> list[inspect.Parameter]:
+    """The options a backend takes: its constructor's parameters after ``self`` and the target."""
+    return list(inspect.signature(cls.__init__).parameters.values())[2:]
+
+
 def build_scorer(spec: str, **options) -> PRMScorer:
     """Build the PRM named by ``spec``; ``options`` go to the backend (e.g. system_prompt, batch_size)."""
     backend, target = parse_spec(spec)
     return _backend_class(backend)(target, **options)
+
+
+def scorer_identity(spec: str, options: dict | None = None) -> dict:
+    """What the PRM ``spec`` with ``options`` scores by: its backend's ``identity_of`` on every option's
+    effective value (defaults filled in), so an option left out and one given its default agree.
+    Loads no model (a fully scored rerun never does); a served PRM is asked for its model name."""
+    backend, target = parse_spec(spec)
+    cls = _backend_class(backend)
+    return cls.identity_of(target, {**{p.name: p.default for p in _options(cls)}, **(options or {})})
 
 
 def validate_spec(spec: str, options: dict | None = None) -> None:
@@ -60,7 +74,7 @@ def validate_spec(spec: str, options: dict | None = None) -> None:
     """
     try:
         backend, target = parse_spec(spec)
-        params = list(inspect.signature(_backend_class(backend).__init__).parameters)[2:]  # self, target
+        params = [p.name for p in _options(_backend_class(backend))]
         unknown = sorted(set(options or {}) - set(params))
         if unknown:
             raise ValueError(

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from vlmeval_prm.counters import bump
 from vlmeval_prm.loading import (
     INTERNVL_MAX_TILES,
+    _device_dtype,
     checkpoint_config,
     internvl_tiles,
     load_images,
@@ -316,6 +319,17 @@ class _InternVLRemoteInputs:
         ).last_hidden_state
 
 
+def checkpoint_id(path: str) -> str:
+    """A checkpoint as a scorer identity names it: a tiny model with its recipe version (same
+    weights wherever it is built), a local directory by its real path, a hub id as given."""
+    if path.startswith("tiny:"):
+        from vlmeval_prm.tiny import RECIPE_VERSION
+
+        return f"{path}@v{RECIPE_VERSION}"
+    local = os.path.expanduser(path)
+    return os.path.realpath(local) if os.path.isdir(local) else path
+
+
 class TransformersPRM(PRMScorer):
     """VisualPRM-format scoring in-process, for HF-native and remote-code InternVL PRMs.
 
@@ -384,6 +398,25 @@ class TransformersPRM(PRMScorer):
         if why_not:
             log.info("%s: scoring candidates without a shared prefix (%s)", path, why_not)
         self.share_prefix = share_prefix and not why_not
+
+    @classmethod
+    def identity_of(cls, path: str, options: dict) -> dict:
+        """What this PRM's scores depend on, read without loading it: the checkpoint
+        (``checkpoint_id``), what it is shown (system prompt, labels, a given template; None: the
+        checkpoint's own), the tiles per image and the dtype of the forward pass. Not batch_size,
+        device, attn_implementation, share_prefix or kv_budget_mb: they change speed, and scores only
+        to float rounding."""
+        template = options["template"]
+        return {
+            "backend": "transformers",
+            "checkpoint": checkpoint_id(path),
+            "format": {
+                **asdict(PRMFormat(system_prompt=options["system_prompt"])),
+                "template": asdict(chat_template(template)) if template is not None else None,
+            },
+            "max_num": options["max_num"],
+            "dtype": str(_device_dtype(options["device"], options["dtype"])[1]).removeprefix("torch."),
+        }
 
     def placeholder_positions(self, input_ids: Sequence[int]) -> list[int]:
         """Positions of every assistant "+" placeholder (the last token of each header + label match)."""

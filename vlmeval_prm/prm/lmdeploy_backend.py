@@ -40,8 +40,12 @@ import json
 import math
 import mimetypes
 import os
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from urllib.parse import urlsplit
+
+import httpx
 
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
@@ -85,6 +89,43 @@ def server_urls(target: str) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"{url!r}: {exc}") from None
     return urls
+
+
+def api_key_of(api_key: str | None) -> str | None:
+    """The key sent as a Bearer token: the ``api_key`` option, else ``LMDEPLOY_API_KEY``."""
+    return api_key or os.environ.get("LMDEPLOY_API_KEY") or None
+
+
+def model_name(models: dict) -> str:
+    """The served model's name in a ``GET /v1/models`` answer."""
+    return models["data"][0]["id"]
+
+
+def served_model(urls: list[str], api_key: str | None, timeout: float, wait: float) -> str:
+    """The model the servers serve, as the first to answer ``GET /v1/models`` names it (one request
+    when a server is up). Waits up to ``wait`` s for one to answer, as scoring would."""
+    key = api_key_of(api_key)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    deadline, waiting = time.monotonic() + wait, False
+    while True:
+        for url in urls:
+            try:
+                reply = httpx.get(f"{url}/v1/models", headers=headers, timeout=timeout)
+            except httpx.TransportError as exc:
+                last = f"{url}: {type(exc).__name__}"
+                continue
+            if reply.is_success:
+                return model_name(reply.json())
+            hint = "; check the api_key option or LMDEPLOY_API_KEY" if reply.status_code == 401 else ""
+            if reply.status_code < 500:
+                raise ValueError(f"{url}/v1/models answered HTTP {reply.status_code}{hint}")
+            last = f"{url}: HTTP {reply.status_code}"
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"no PRM server named its model within {wait:.0f}s (last: {last})")
+        if not waiting:
+            waiting = True
+            log.info("waiting up to %.0fs for a PRM server to name its model (stored scores are tied to it)", wait)
+        time.sleep(1.0)
 
 
 def two_way(lp_good: float | None, lp_bad: float | None, cutoff: float) -> tuple[float, str | None] | None:
@@ -205,7 +246,7 @@ class LMDeployPRM(PRMScorer):
         self._decided = False
         self._background: set = set()
         self._loop = LoopThread()
-        key = api_key or os.environ.get("LMDEPLOY_API_KEY") or None
+        key = api_key_of(api_key)
 
         async def make_clients():  # built on the loop that will use them
             http = AsyncJSONClient(
@@ -241,6 +282,24 @@ class LMDeployPRM(PRMScorer):
             if self.mode == "generate"
             else "fallback: one /v1/chat/completions request per step",
         )
+
+    @classmethod
+    def identity_of(cls, target: str, options: dict) -> dict:
+        """What this PRM's scores depend on: the model the servers name (one ``GET /v1/models``, not
+        their URLs), what it is shown (system prompt, labels, template), the read-out (``mode``,
+        ``top_logprobs``, which bound a missing label). Not timeouts, retries, concurrency or
+        ``skip_prefix_rows``: they change speed, not scores."""
+        return {
+            "backend": "lmdeploy",
+            "model": served_model(
+                server_urls(target), options["api_key"], options["connect_timeout"], options["startup_timeout"]
+            ),
+            "format": asdict(
+                PRMFormat(system_prompt=options["system_prompt"], template=chat_template(options["template"]))
+            ),
+            "mode": options["mode"],
+            "top_logprobs": options["top_logprobs"],
+        }
 
     def __repr__(self) -> str:
         return f"LMDeployPRM(urls={self.urls!r}, mode={getattr(self, 'mode', None)!r})"
@@ -319,7 +378,7 @@ class LMDeployPRM(PRMScorer):
             if exc.status == 401:
                 raise RequestFailed(f"{exc}; check the api_key option or LMDEPLOY_API_KEY", 401) from None
             raise
-        model = models["data"][0]["id"]
+        model = model_name(models)
         good, bad = self.fmt.good_token, self.fmt.bad_token
         header = self.fmt.template.header("assistant")
         enc = await self._http.request(

@@ -101,16 +101,20 @@ def store_candidate(
     dataset_type: str,
     choices: dict | None,
     precision: int | None = None,
+    sampling: str | None = None,
+    scorer: str | None = None,
 ) -> Candidate:
     """Candidate i of a stored sample as the strategies see it: its vote key from the one normaliser
-    (``answers.extract_answer``), and its PRM and ORM scores only where ``ScoreRecord.usable``."""
-    text, step = entry.text(i), entry.score(i, prm, "step") if prm else None
+    (``answers.extract_answer``), and its PRM and ORM scores only where ``ScoreRecord.usable``.
+    ``sampling``/``scorer``: the digests the run selected with (its ``Summary``; None: any)."""
+    text = entry.text(i, sampling)
+    step = entry.score(i, prm, "step", sampling, scorer) if prm else None
     return Candidate(
         text=text,
         answer=extract_answer(text, dataset_type, choices, precision) if text else None,
         correct=correct,
         step_scores=step.scores if step is not None else None,
-        outcome_score=_outcome_score(entry.score(i, prm, "outcome")) if prm else None,
+        outcome_score=_outcome_score(entry.score(i, prm, "outcome", sampling, scorer)) if prm else None,
     )
 
 
@@ -151,7 +155,7 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
 
     dataset = _build_dataset(dataset_name)
     dataset_type = str(dataset.TYPE)
-    texts = [[e.text(i) if e else None for e in entries] for i in range(n)]
+    texts = [[e.text(i, s.sampling) if e else None for s, e in zip(summaries, entries)] for i in range(n)]
     correct = judge_candidates(
         dataset, table, texts, os.path.join(pred_root(work_dir, model_name), "bon_report"), model_name, judge_kwargs
     )
@@ -169,16 +173,24 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
         if entry is None:  # no candidates at all: bon_curve drops the question, and says so
             samples.append(SampleCandidates(key=str(table["index"].iloc[r]), candidates=[]))
             continue
-        present = [i for i in range(n) if i in entry.candidates]
+        present = [i for i in range(n) if entry.candidate(i, summary.sampling) is not None]
         notes["rows_with_fewer_than_n"] += len(present) < n
-        notes["candidates_without_text"] += sum(entry.text(i) is None for i in present)
+        notes["candidates_without_text"] += sum(entry.text(i, summary.sampling) is None for i in present)
         vote = votes[r]
         samples.append(
             SampleCandidates(
                 key=summary.key,
                 candidates=[
                     store_candidate(
-                        entry, i, summary.prm, correct[i][r], vote.dataset_type, vote.choices, vote.precision
+                        entry,
+                        i,
+                        summary.prm,
+                        correct[i][r],
+                        vote.dataset_type,
+                        vote.choices,
+                        vote.precision,
+                        summary.sampling,
+                        summary.scorer,
                     )
                     for i in present
                 ],

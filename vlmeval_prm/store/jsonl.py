@@ -4,7 +4,8 @@ Each line is one typed record (``records``: ``SampleRecord``, ``CandidateRecord`
 ``read_records`` is the one reader, ``CandidateStore.append`` the one writer, ``encode`` the one
 serialisation. Stores written before the schema version existed read the same.
 
-The last record for (key, i) or (key, i, prm, mode) wins, so a retried failure simply appends.
+The last record for (key, i, sampling) or (key, i, prm, mode, sampling, scorer) wins, so a retried
+failure simply appends (``SampleRecords`` has the lookup rules).
 Appends take an exclusive ``flock`` and a thread lock and go out in one ``write`` call, so torchrun
 ranks and ``--api-nproc`` threads can share the file. A line cut short by ``kill -9`` is skipped
 when reading and fenced off with a newline before the next append.
@@ -26,27 +27,62 @@ _LOCK = threading.Lock()
 
 @dataclass
 class SampleRecords:
-    """Everything stored for one sample key (the last record of each kind wins)."""
+    """Everything stored for one sample key; of the records that match a lookup, the last one written wins.
+
+    A candidate belongs to the sampling settings it was drawn with (``sampling``), a score to the
+    candidate it scored and to its scorer (``scorer``): lookups take the run's digests, and a
+    digest of None in a lookup means any. A record written before version 2 (no digests) matches
+    any settings and any scorer. ``candidates`` holds the last candidate of each index, whatever
+    its settings.
+    """
 
     sample: SampleRecord | None = None
     candidates: dict[int, CandidateRecord] = field(default_factory=dict)
-    scores: dict[tuple[int, str, str], ScoreRecord] = field(default_factory=dict)
+    #: (i, prm, mode, sampling, scorer) -> score, in the order written
+    scores: dict[tuple[int, str, str, str | None, str | None], ScoreRecord] = field(default_factory=dict)
+    #: (i, sampling) -> candidate, in the order written
+    sampled: dict[tuple[int, str | None], CandidateRecord] = field(default_factory=dict)
 
-    def score(self, i: int, prm: str, mode: str = "step") -> ScoreRecord | None:
-        return self.scores.get((i, prm, mode))
+    def candidate(self, i: int, sampling: str | None = None) -> CandidateRecord | None:
+        """Candidate i drawn with the settings ``sampling`` (or before version 2); any when None."""
+        if sampling is None:
+            return self.candidates.get(i)
+        for (j, drawn), rec in reversed(self.sampled.items()):
+            if j == i and drawn in (sampling, None):
+                return rec
+        return None
 
-    def text(self, i: int) -> str | None:
+    def text(self, i: int, sampling: str | None = None) -> str | None:
         """Candidate i's text, well-formed (``well_formed``); None when it is missing or failed."""
-        cand = self.candidates.get(i)
+        cand = self.candidate(i, sampling)
         return well_formed(cand.text) if cand is not None and cand.text is not None else None
+
+    def score(
+        self, i: int, prm: str, mode: str = "step", sampling: str | None = None, scorer: str | None = None
+    ) -> ScoreRecord | None:
+        """The score of ``candidate(i, sampling)`` by ``prm`` in ``mode`` from the scorer ``scorer``
+        (or from before version 2; any when None)."""
+        cand = self.candidate(i, sampling)
+        scored = cand.sampling if cand is not None else sampling
+        for (j, p, m, s, by), rec in reversed(self.scores.items()):
+            if (j, p, m, s) == (i, prm, mode, scored) and (scorer is None or by in (scorer, None)):
+                return rec
+        return None
 
     def add(self, rec: Record) -> None:
         if isinstance(rec, SampleRecord):
             self.sample = rec
         elif isinstance(rec, CandidateRecord):
             self.candidates[rec.i] = rec
+            _put_last(self.sampled, (rec.i, rec.sampling), rec)
         else:
-            self.scores[(rec.i, rec.prm, rec.mode)] = rec
+            _put_last(self.scores, (rec.i, rec.prm, rec.mode, rec.sampling, rec.scorer), rec)
+
+
+def _put_last(index: dict, key: tuple, rec: Record) -> None:
+    """``index[key] = rec``, moved to the end: the index keeps the order records were written in."""
+    index.pop(key, None)
+    index[key] = rec
 
 
 def well_formed(text: str) -> str:

@@ -6,12 +6,17 @@ one place (``from_json``). Every line carries the schema version ``v`` (``SCHEMA
 
 Versions: 0 is the format before ``v`` existed (same field names; a score line may lack ``mode``,
 ``bounds``, ``meta``, ``retry`` or ``response_score``, which read as their defaults). 1 adds ``v``.
-A line from a newer version than this code knows is an error, never a guess.
+2 ties what is stored to what produced it: a candidate carries the ``sampling`` digest of the
+settings it was sampled with, a score the ``sampling`` digest of the candidate it scored and the
+``scorer`` digest of the PRM's identity (``digest``); a line without them (versions 0 and 1) matches
+any settings and any scorer, as it did. A line from a newer version than this code knows is an
+error, never a guess, so an older vlmeval-prm refuses a version 2 store instead of mixing scorers.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import types
@@ -21,8 +26,16 @@ from typing import Any, ClassVar
 
 from vlmeval_prm.select.aggregate import usable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERSION_FIELD = "v"
+#: Hex characters of a ``digest``: 64 bits, so two settings or scorers of one store never collide.
+DIGEST_CHARS = 16
+
+
+def digest(identity: dict) -> str:
+    """The short, stable name of an identity (sampling settings, a scorer): its canonical JSON, hashed."""
+    blob = json.dumps(identity, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
 
 
 class StoreError(ValueError):
@@ -44,7 +57,9 @@ class SampleRecord:
 
 @dataclass(frozen=True)
 class CandidateRecord:
-    """One sampled response (``text`` None: sampling failed, ``error`` says why)."""
+    """One sampled response (``text`` None: sampling failed, ``error`` says why). ``settings``: what
+    this candidate's engine call got; ``sampling``: the digest of the run's sampling settings, which
+    the candidate belongs to (None: written before version 2, belongs to any)."""
 
     kind: ClassVar[str] = "candidate"
     key: str
@@ -53,6 +68,7 @@ class CandidateRecord:
     error: str | None = None
     settings: dict = field(default_factory=dict)
     policy: str | None = None
+    sampling: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,9 @@ class ScoreRecord:
     response as one step). ``response_score`` is the run's aggregate, kept for reading the store by
     eye; selection recomputes it from ``step_scores``. ``retry``: a transient failure (connection
     error, timeout, HTTP 5xx) that a rerun scores again; a permanent one is scored again only when
-    the user asks (``retry_failed``)."""
+    the user asks (``retry_failed``). ``sampling``: the digest of the candidate it scored (None for a
+    candidate written before version 2); ``scorer``: the digest of the PRM's identity, whose full
+    form is ``meta["identity"]`` (None: written before version 2, matches any scorer)."""
 
     kind: ClassVar[str] = "score"
     key: str
@@ -75,6 +93,8 @@ class ScoreRecord:
     bounds: list[str | None] | None = None
     meta: dict = field(default_factory=dict)
     retry: bool = False
+    sampling: str | None = None
+    scorer: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -180,7 +200,8 @@ class Summary:
     ``scores``: each candidate's response score (None: unscored); ``tied``: the candidates the
     selection rule gave a chance (``chosen`` was drawn among them); ``failures``: unscored candidates
     by reason ("generation", "no_steps", "prm", "non_finite"), ``unscored`` their total;
-    ``duplicates``: candidates identical to an earlier one.
+    ``duplicates``: candidates identical to an earlier one; ``sampling`` and ``scorer``: the digests
+    of the candidates and scores it selected among, so a report reads those (None before version 2).
     """
 
     key: str
@@ -193,6 +214,8 @@ class Summary:
     unscored: int = 0
     tied: list[int] = field(default_factory=list)
     duplicates: int = 0
+    sampling: str | None = None
+    scorer: str | None = None
 
     def to_json(self) -> str:
         out = {VERSION_FIELD: SCHEMA_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
