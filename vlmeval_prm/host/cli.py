@@ -1,4 +1,4 @@
-"""``vlmeval-prm``: run the offline demo, report, (re)install the startup hook."""
+"""vlmeval-prm: Best-of-N with process reward models for VLMEvalKit (demo, check-prm, report, serve, models)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from vlmeval_prm import __version__
 from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEMO_ENV, OPTIONS_ENV, SPEC_ENV
 from vlmeval_prm.store.jsonl import index_records, read_records
 from vlmeval_prm.store.paths import store_file
@@ -94,25 +95,56 @@ def demo(args) -> int:
         return rc or 1
     samples = index_records(read_records(store))
     n_cands = sum(len(e.candidates) for e in samples.values())
-    n_scored = sum(1 for e in samples.values() for r in e.scores.values() if r.mode == "step" and r.usable)
+    n_scored = sum(
+        any(k[0] == i and k[2] == "step" and k[3] == c.sampling and r.usable for k, r in e.scores.items())
+        for e in samples.values()
+        for i, c in e.candidates.items()
+    )
     print(f"\ncandidate store: {store}\n  {len(samples)} samples, {n_cands} candidates, {n_scored} scored step by step")
     for path in sorted(glob.glob(os.path.join(folder, f"{args.model}_{args.data}*"))):
         if path != store:
             print("VLMEvalKit output:", path)
     if rc:
         return rc
-    return report(
-        argparse.Namespace(
-            work_dir=args.work_dir,
-            model=[args.model],
-            data=[args.data],
-            judge=None,
-            judge_args=None,
-            judge_base_url=None,
-            nproc=None,
-            ks=None,
-        )
-    )
+    return demo_report(args.work_dir, args.model, args.data, DEMO_MEANING["tiny" if args.tiny else "trained"])
+
+
+#: The one line the demo prints under its table: what its numbers can and cannot say.
+DEMO_MEANING = {
+    "trained": "One seeded run on this machine: figures move by several points across seeds and CPUs (README: "
+    "the demo's spread); what holds everywhere is PRM Best-of-N far above Pass@1 and random.",
+    "tiny": "Random-weight tiny models: every accuracy is about 0 by design; this run proves the pipeline, "
+    "not a result.",
+}
+
+
+def demo_report(work_dir: str, model: str, data: str, meaning: str) -> int:
+    """The report of the demo's run, shown as one table (the paper-style accuracy of every strategy by
+    N) and one line on what it means; every table and plot the report writes is still written and
+    listed. A report that fails prints everything it said."""
+    import io
+
+    import pandas as pd
+    from tabulate import tabulate
+
+    from vlmeval_prm.report.collect import report as build_report
+    from vlmeval_prm.report.paper_table import paper_report, scaling
+
+    said = io.StringIO()
+    results = build_report([(work_dir, model, data)], file=said)
+    written = paper_report(results, file=said)
+    res = results[(work_dir, model, data)]
+    if "error" in res or (work_dir, model) not in written:
+        print(said.getvalue())
+        return 1
+    paper = written[(work_dir, model)]
+    table = scaling(pd.read_csv(paper["paper_csv"]))
+    print(f"\nBest-of-N accuracy (%) on {data} by N, judge {res['judge']}")
+    print(tabulate(table, headers=["strategy", *map(str, table.columns)], floatfmt=".1f"))
+    print(meaning)
+    for path in [*res["paths"].values(), *paper.values()]:
+        print("report:", path)
+    return 0
 
 
 def report(args) -> int:
@@ -168,10 +200,15 @@ def models(args) -> int:
     from vlmeval_prm.policy.catalog import installed_transformers, model_routes
 
     rows = model_routes(supported_VLM, use_vllm=args.use_vllm)
+    if args.name:
+        rows = [r for r in rows if args.name.lower() in r.name.lower()]
+    if args.route:
+        rows = [r for r in rows if r.route == args.route]
     if args.json:
         print(json.dumps([r.to_record() for r in rows], indent=1))
         return 0
     width = max((len(r.name) for r in rows), default=4)
+    print(f"{'name':<{width}}  {'class':<24}  {'route':<12}  how it samples (or why it cannot)")
     for r in rows:
         note = ""
         if r.transformers is not None:
@@ -197,14 +234,54 @@ def check_prm(args) -> int:
     return run_check(args.spec, args.options, timeout=args.timeout)
 
 
+#: The top-level help's closing lines: which command to run first.
+START_HERE = """start here:
+  vlmeval-prm demo --tiny     the whole pipeline offline on CPU (random tiny models: numbers mean nothing)
+  vlmeval-prm demo            Best-of-8 with a policy and PRM trained on CPU (builds them once, ~5 min)
+  vlmeval-prm check-prm SPEC  before a real run: is the PRM (LMDeploy server or checkpoint) scoring right?
+  python -m vlmeval.run --model <model>-BoN8 --data <dataset>   then: vlmeval-prm report ..."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (where it has one its help does not already state);
+    descriptions and the epilog keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command(sub, name: str, summary: str, func) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is both its entry in the list and its own description."""
+    p = sub.add_parser(name, help=summary, description=summary, formatter_class=_Formatter)
+    p.set_defaults(func=func)
+    return p
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="vlmeval-prm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("install-hook", help="copy the VLMEvalKit plugin startup hook (.pth) into site-packages again")
+    """Run one command; a closed pipe (``vlmeval-prm models | head``) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader left: point stdout at /dev/null so the interpreter's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vlmeval-prm", description=__doc__.split("\n")[0], epilog=START_HERE, formatter_class=_Formatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _command(
+        sub, "install-hook", "copy the VLMEvalKit plugin startup hook (.pth) into site-packages again", install_hook
+    )
     p.add_argument("--remove", action="store_true")
     p.add_argument("--site-packages", help="target directory (default: this interpreter's purelib)")
-    p.set_defaults(func=install_hook)
-    p = sub.add_parser("demo", help="offline CPU demo: Best-of-N with small local models, then the report")
+    p = _command(sub, "demo", "offline CPU demo: Best-of-N with small local models, then the report", demo)
     p.add_argument(
         "--tiny",
         action="store_true",
@@ -212,10 +289,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--model", help=f"default {SHAPES_MODEL} ({DEMO_MODEL} with --tiny)")
     p.add_argument("--data", help=f"default {SHAPES_DATA} ({DEMO_DATA} with --tiny)")
-    p.add_argument("--work-dir", default="outputs")
+    p.add_argument("--work-dir", default="outputs", help="vlmeval.run's --work-dir")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for vlmeval.run")
-    p.set_defaults(func=demo)
-    p = sub.add_parser("report", help="Best-of-N accuracy by N for every strategy, from stored runs")
+    p = _command(sub, "report", "Best-of-N accuracy by N for every strategy, from stored runs", report)
     p.add_argument("--work-dir", default="outputs", help="vlmeval.run's --work-dir")
     p.add_argument("--model", nargs="+", required=True, help="Best-of-N model names of the runs")
     p.add_argument("--data", nargs="+", required=True, help="dataset names of the runs")
@@ -228,14 +304,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--nproc", type=int, help="judge parallelism (default 4)")
     p.add_argument("--ks", type=int, nargs="+", help="values of N (default: 1, 2, 4, ... up to the run's N, and N)")
-    p.set_defaults(func=report)
-    p = sub.add_parser("serve", help="Best-of-N behind an OpenAI-compatible API (/v1/chat/completions)")
+    p = _command(sub, "serve", "Best-of-N behind an OpenAI-compatible API (/v1/chat/completions)", serve)
     p.add_argument("--model", help="a supported_VLM name (wrapped in Best-of-N) or a -BoN<N> name")
     p.add_argument("--config", help="VLMEvalKit --config JSON; --model picks one of its models")
     p.add_argument("--demo", action="store_true", help=f"serve the tiny offline demo ({DEMO_MODEL}) on CPU")
     p.add_argument("--n", type=int, help="N when --model is a base model (default 8)")
     p.add_argument("--prm", help=f"PRM spec (default: ${SPEC_ENV} or {DEFAULT_PRM_SPEC})")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (logged)")
     p.add_argument(
         "--max-concurrency",
@@ -247,14 +322,16 @@ def main(argv=None) -> int:
     p.add_argument("--store-dir", help="candidate store folder (default: $VLMEVAL_PRM_STORE_DIR or outputs/<model>)")
     p.add_argument("--allow-remote-images", action="store_true", help="let requests name http(s) image URLs")
     p.add_argument("--image-root", help="let requests name file:// image URLs inside this folder")
-    p.set_defaults(func=serve)
-    p = sub.add_parser("models", help="every VLMEvalKit model name with its Best-of-N sampling route")
-    p.add_argument("--json", action="store_true", help="a JSON array of {name, class, route, reason}")
+    p = _command(sub, "models", "every VLMEvalKit model name with its Best-of-N sampling route", models)
+    p.add_argument("name", nargs="?", help="only names containing this text (case-blind)")
+    p.add_argument("--route", help="only names with this route (e.g. batched, sequential, unsupported)")
+    p.add_argument("--json", action="store_true", help="a JSON array of {name, class, route, reason, ...}")
     p.add_argument("--use-vllm", action="store_true", help="the routes vlmeval.run --use-vllm gives")
-    p.set_defaults(func=models)
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "check-prm",
-        help="check a PRM before a run: load or contact it, score a probe, one PASS/FAIL line per check",
+        "check a PRM before a run: load or contact it, score a probe, one PASS/FAIL line per check",
+        check_prm,
     )
     p.add_argument(
         "spec",
@@ -268,7 +345,6 @@ def main(argv=None) -> int:
         type=float,
         help="seconds to wait for a PRM server's /health (the startup_timeout option; default 30)",
     )
-    p.set_defaults(func=check_prm)
     args = parser.parse_args(argv)
     return args.func(args)
 
