@@ -64,8 +64,9 @@ _LLAVA_NEXT_WHY = (
 )
 _INTERNLM2_REPAIR = (
     "vlmeval_prm.remote_code: the RoPE buffers (inv_freq, cos_cached, sin_cached) are checked against "
-    "the checkpoint's own code and recomputed, and transformers' GenerationMixin is added to "
-    "InternLM2ForCausalLM and checked by a generate probe; a model that fails either check is refused"
+    "the checkpoint's own code and recomputed, and transformers' GenerationMixin (with the generation "
+    "inputs remote code had before 4.50) is added to InternLM2ForCausalLM and checked by a generate probe, "
+    "when Best-of-N builds the policy; a model that fails either check is refused"
 )
 
 #: Families that sample on some transformers lines only, or only after the plugin's repair at load.
