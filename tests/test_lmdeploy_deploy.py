@@ -1,6 +1,6 @@
-"""The README's LMDeploy deployments work as written.
+"""The documented LMDeploy deployments (README and docs/) work as written.
 
-* Every ``lmdeploy serve ...`` command in the README is parsed by LMDeploy 0.18's own CLI parser
+* Every ``lmdeploy serve ...`` command in the documentation is parsed by LMDeploy 0.18's own CLI parser
   (``lmdeploy.cli``): a wrong flag fails here. Remote-code checkpoints get ``--trust-remote-code``.
 * The chat fallback refuses a server whose chat template is not the PRM's (LMDeploy's silent
   ``base`` fallback for a checkpoint without one), and the README's ``--chat-template`` JSON fixes it.
@@ -20,29 +20,28 @@ from PIL import Image
 
 pytest.importorskip("lmdeploy")
 
+from docs import doc_text  # noqa: E402
 from standins.lmdeploy_standin import Faults, StandinServer, Stats, label_boosted_copy, serve_standin  # noqa: E402
 from vlmeval_prm.prm.hf_backend import TransformersPRM  # noqa: E402
 from vlmeval_prm.prm.lmdeploy_backend import LMDeployPRM  # noqa: E402
 from vlmeval_prm.tiny import ATTN_IMPLEMENTATION  # noqa: E402
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 REMOTE_CODE = ("OpenGVLab/VisualPRM-8B", "OpenGVLab/InternVL2_5-8B")  # InternVLChatModel checkpoints
 
 
 def readme_blocks(lang=None):
-    """The README's fenced code blocks (of language ``lang`` only, when given)."""
+    """The documentation's fenced code blocks (of language ``lang`` only, when given)."""
     blocks, current, current_lang = [], None, None
-    with open(README, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("```"):
-                if current is None:
-                    current, current_lang = [], line[3:].strip()
-                else:
-                    if lang is None or current_lang == lang:
-                        blocks.append("".join(current))
-                    current = None
-            elif current is not None:
-                current.append(line)
+    for line in doc_text().splitlines(keepends=True):
+        if line.startswith("```"):
+            if current is None:
+                current, current_lang = [], line[3:].strip()
+            else:
+                if lang is None or current_lang == lang:
+                    blocks.append("".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
     return blocks
 
 

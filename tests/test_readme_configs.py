@@ -12,17 +12,17 @@ import functools
 import inspect
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from docs import doc_text
+
 FENCED_JSON = re.compile(r"```json\n(.*?)```", re.S)
 HEREDOC_JSON = re.compile(r"<<'?JSON'?\n(.*?)\nJSON\n", re.S)
 
 
 def readme_configs() -> list[str]:
-    text = README.read_text(encoding="utf-8")
+    text = doc_text()
     blocks = FENCED_JSON.findall(text) + HEREDOC_JSON.findall(text)
     return [b for b in blocks if {"model", "data"} <= set(json.loads(b))]
 

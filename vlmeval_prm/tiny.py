@@ -134,7 +134,6 @@ def _corpus() -> list[str]:
 def _build_tokenizer(corpus: list[str] | None = None, vocab_size: int = BPE_VOCAB_SIZE):
     """A Qwen2-style byte-level BPE trained on ``corpus`` (default ``_corpus``) plus the InternVL special tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import AutoTokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     # Same normalizer and pre-tokenizer as Qwen2Tokenizer, which rebuilds the pipeline on load.
@@ -153,24 +152,31 @@ def _build_tokenizer(corpus: list[str] | None = None, vocab_size: int = BPE_VOCA
     vocab = bpe.get_vocab()
     merges = [" ".join(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     vocab.update({tok: len(vocab) + i for i, tok in enumerate(SPECIAL_TOKENS)})
-    # Loaded from vocab/merges files, as a real Qwen2 checkpoint is: the one constructor every
-    # supported transformers line shares (5.x also takes in-memory vocab/merges, 4.57 does not).
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-        tokenizer = AutoTokenizer.from_pretrained(
-            folder,
-            tokenizer_type="qwen2",
-            unk_token=None,
-            eos_token=IM_END,
-            pad_token=ENDOFTEXT,
-            model_max_length=MAX_LENGTH,
-            extra_special_tokens=NAMED_SPECIAL_TOKENS,
-        )
+    tokenizer = qwen2_tokenizer(
+        vocab,
+        merges,
+        unk_token=None,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        model_max_length=MAX_LENGTH,
+        extra_special_tokens=NAMED_SPECIAL_TOKENS,
+    )
     tokenizer.add_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
     if "\u010a\u010a" not in vocab:  # "\n\n" in byte-level notation; steps are split on it
         raise RuntimeError("tiny tokenizer lacks a blank-line token; adjust the corpus")
     return tokenizer
+
+
+def qwen2_tokenizer(vocab: dict[str, int], merges: list[str], **kwargs):
+    """A Qwen2 tokenizer from a byte-level BPE's vocabulary and merges ("a b" strings), loaded from
+    ``vocab.json``/``merges.txt`` as a real Qwen2 checkpoint is: the one constructor every supported
+    transformers line shares (5.x also takes them in memory, 4.57 does not)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        return AutoTokenizer.from_pretrained(folder, tokenizer_type="qwen2", **kwargs)
 
 
 def _build_processor(tokenizer):

@@ -56,8 +56,9 @@ def _corpus() -> list[str]:
 def bpe_tokenizer(special: list[str], **extra):
     """A Qwen2-style byte-level BPE with ``special`` tokens (ChatML ones first)."""
     from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from vlmeval_prm.tiny import qwen2_tokenizer
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -76,11 +77,11 @@ def bpe_tokenizer(special: list[str], **extra):
     import json
 
     vocab = bpe.get_vocab()
-    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    merges = [" ".join(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     tokens = [EOT, IM_START, IM_END, *[t for t in special if t not in (EOT, IM_START, IM_END)]]
     vocab.update({tok: len(vocab) + i for i, tok in enumerate(tokens)})
-    tok = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, eos_token=IM_END, pad_token=EOT, model_max_length=8192, **extra
+    tok = qwen2_tokenizer(
+        vocab, merges, unk_token=None, eos_token=IM_END, pad_token=EOT, model_max_length=8192, **extra
     )
     tok.add_tokens([AddedToken(t, special=True) for t in tokens])
     return tok

@@ -111,7 +111,7 @@ def demo(args) -> int:
 
 #: The one line the demo prints under its table: what its numbers can and cannot say.
 DEMO_MEANING = {
-    "trained": "One seeded run on this machine: figures move by several points across seeds and CPUs (README: "
+    "trained": "One seeded run on this machine: figures move by tens of points across seeds and CPUs (README: "
     "the demo's spread); what holds everywhere is PRM Best-of-N far above Pass@1 and random.",
     "tiny": "Random-weight tiny models: every accuracy is about 0 by design; this run proves the pipeline, "
     "not a result.",
@@ -325,7 +325,7 @@ def _main(argv=None) -> int:
     p = _command(sub, "models", "every VLMEvalKit model name with its Best-of-N sampling route", models)
     p.add_argument("name", nargs="?", help="only names containing this text (case-blind)")
     p.add_argument("--route", help="only names with this route (e.g. batched, sequential, unsupported)")
-    p.add_argument("--json", action="store_true", help="a JSON array of {name, class, route, reason, ...}")
+    p.add_argument("--json", action="store_true", help="a JSON array of {name, class, route, reason[, transformers]}")
     p.add_argument("--use-vllm", action="store_true", help="the routes vlmeval.run --use-vllm gives")
     p = _command(
         sub,

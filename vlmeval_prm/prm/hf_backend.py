@@ -189,6 +189,14 @@ class _NativeInputs:
     def head(self):
         return self.model.get_output_embeddings()
 
+    @property
+    def base(self):
+        """The model without its head. ``base_model`` is that on 5.x; on 4.57 image-text-to-text classes
+        such as InternVL have an empty ``base_model_prefix``, so ``base_model`` is the whole model and
+        the body is its ``model``."""
+        base = self.model.base_model
+        return self.model.model if base is self.model else base
+
     def split(self, texts: list[str], images) -> tuple[list[list[int]], dict]:
         """Every row's token ids (unpadded) and one row's image inputs (they are the same for all rows)."""
         enc = self.encode(texts, images)
@@ -205,11 +213,11 @@ class _NativeInputs:
 
     def prefill(self, prefix, image_inputs: dict):
         """The prefix's KV cache and its last hidden states ([tokens, hidden])."""
-        out = self.model.base_model(input_ids=prefix[None], use_cache=True, **image_inputs)
+        out = self.base(input_ids=prefix[None], use_cache=True, **image_inputs)
         return _cache_of(out), out.last_hidden_state[0]
 
     def extend(self, cache, input_ids, attention_mask):
-        base = self.model.base_model
+        base = self.base
         return base(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **_with_cache(base, cache)
         ).last_hidden_state
