@@ -426,3 +426,20 @@ def test_undecodable_image_errors_name_the_part_without_reprs(tmp_path):
     assert exc.value.param == "messages.0.content.2.image_url"
     assert exc.value.message.startswith("messages.0.content.2.image_url: the data (10 bytes) is not a readable image")
     assert "0x" not in exc.value.message and "<" not in exc.value.message
+
+
+def test_a_policy_that_cannot_answer_is_a_500_that_says_why():
+    """BestOfN stops a policy whose every candidate fails the same permanent way (``PolicyFailure``, a
+    SystemExit for vlmeval.run); the server answers that request with the reason, and keeps serving."""
+    from vlmeval_prm.host.bon import PolicyFailure
+    from vlmeval_prm.host.serve import APIError, ModelHost, ServeOptions
+
+    class Broken:
+        def generate(self, message, dataset):
+            raise PolicyFailure("every candidate failed: HTTPStatusError: 401 Unauthorized")
+
+    host = ModelHost(ServeOptions(model="x"))
+    host.model = Broken()
+    with pytest.raises(APIError) as info:
+        host._generate([{"type": "text", "value": "Q?"}])
+    assert info.value.status == 500 and "401 Unauthorized" in str(info.value)

@@ -351,7 +351,12 @@ class ModelHost:
         return await loop.run_in_executor(self._pool, self._generate, message)
 
     def _generate(self, message: list[dict]) -> tuple[str, dict, dict | None]:
-        out = self.model.generate(message, None)
+        from vlmeval_prm.host.bon import PolicyFailure
+
+        try:
+            out = self.model.generate(message, None)
+        except PolicyFailure as exc:  # every candidate failed the same permanent way: say why, not a bare 500
+            raise APIError(500, str(exc), type="server_error", code="policy_failed") from None
         bon = bon_payload(self.model, out)
         bon["usage_counted_by"] = self.counter.method
         return out["prediction"], bon, self.counter.usage(message, bon)

@@ -64,7 +64,8 @@ class PRMScorer(abc.ABC):
     candidate: it returns a failed ``StepScores`` for it and scores the rest.
     """
 
-    #: Stable identity stored with every score, e.g. "transformers:/models/VisualPRM-8B".
+    #: A short label for logs and failure messages, e.g. "transformers:/models/VisualPRM-8B". What a
+    #: stored score is keyed by is the backend's ``identity_of`` (``prm.scorer_identity``), not this.
     identity: str
 
     @abc.abstractmethod
