@@ -87,6 +87,16 @@ def bpe_tokenizer(special: list[str], **extra):
     return tok
 
 
+def _rope(parameters: dict) -> dict:
+    """RoPE settings under the name the installed transformers reads: ``rope_parameters`` on 5.x,
+    ``rope_scaling`` (with ``rope_theta`` beside it) on 4.57."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"rope_parameters": parameters}
+    return {"rope_scaling": parameters, "rope_theta": parameters["rope_theta"]}
+
+
 def _seeded(model, seed: int) -> None:
     import torch
 
@@ -142,11 +152,8 @@ def build_qwen2_vl(out: Path) -> None:
     vs, ve, ip, vp = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
     tok = bpe_tokenizer([vs, ve, ip, vp])
     ids = tok.convert_tokens_to_ids
-    text = _text(
-        Qwen2VLTextConfig,
-        tok,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-    )
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = _text(Qwen2VLTextConfig, tok, **_rope(rope))
     vision = Qwen2VLVisionConfig(
         depth=1,
         embed_dim=32,
@@ -242,12 +249,7 @@ def build_qwen3_vl(out: Path) -> None:
         **_text(dict, tok),
         "head_dim": 16,
         "model_type": "qwen3_vl_text",
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [2, 3, 3],
-            "mrope_interleaved": True,
-        },
+        **_rope({"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
     }
     vision = dict(
         depth=2,
