@@ -66,11 +66,14 @@ def test_http_backend_matches_in_process_and_resumes(tmp_path, tiny_paths, monke
             scores = sorted((s for s in a["scores"] if s is not None), reverse=True)
             if len(scores) < 2 or scores[0] - scores[1] > 1e-4:  # a near-tie may flip either way
                 assert a["chosen"] == b["chosen"]
-        # resume: without VLMEvalKit's predictions the store alone serves the rerun: no new request
+        # resume: without VLMEvalKit's predictions the store alone serves the rerun: nothing is scored again.
+        # The client still connects once, since stored scores belong to the model the server names
+        # (/health, /v1/models, the /generate probe that picks the mode, /v1/encode at start).
         os.remove(prediction_file(served))
-        before = sum(server.stats.requests.values())
+        before = dict(server.stats.requests)
         vlmeval_run(served, served / "c2.jsonl")
-        assert server.stats.requests["/generate"] == generate_requests
-        assert sum(server.stats.requests.values()) - before <= 3  # health / models / encode at start
+        new = {path: n - before.get(path, 0) for path, n in server.stats.requests.items()}
+        assert new.get("/generate", 0) <= 1, new  # the start-up probe, no candidate
+        assert sum(new.values()) <= 5, new
         prediction_file(served)
     shutil.rmtree(local / "LMUData", ignore_errors=True)

@@ -30,7 +30,7 @@ from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
 from vlmeval_prm.policy.base import permanent_failure
-from vlmeval_prm.prm import build_scorer, scorer_identity, validate_spec
+from vlmeval_prm.prm import build_scorer, identity_from_server, scorer_identity, validate_spec
 from vlmeval_prm.remote_code import prepare_policy
 from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 from vlmeval_prm.select.strategies import Candidate, get_strategy, pick
@@ -273,9 +273,11 @@ class BestOfN(BaseModel):
     def prm_identity(self) -> tuple[dict, str]:
         """(identity, digest) of the scorer: the PRM's (``prm.scorer_identity``, which loads no model)
         and ``max_steps``. Scores stored by another identity are not this run's."""
+        # a served PRM names its model once connected: the scorer is built first (outside the lock it takes)
+        scorer = self.prm if identity_from_server(self.prm_spec) else None
         with self._lock:
             if self._scorer is None:
-                identity = {**scorer_identity(self.prm_spec, self.prm_options), "max_steps": self.max_steps}
+                identity = {**scorer_identity(self.prm_spec, self.prm_options, scorer), "max_steps": self.max_steps}
                 self._scorer = identity, digest(identity)
             return self._scorer
 

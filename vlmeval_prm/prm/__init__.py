@@ -56,13 +56,23 @@ def build_scorer(spec: str, **options) -> PRMScorer:
     return _backend_class(backend)(target, **options)
 
 
-def scorer_identity(spec: str, options: dict | None = None) -> dict:
+def identity_from_server(spec: str) -> bool:
+    """Whether ``scorer_identity`` of ``spec`` needs the scorer built (a served PRM names its model)."""
+    return _backend_class(parse_spec(spec)[0]).identity_from_server
+
+
+def scorer_identity(spec: str, options: dict | None = None, scorer: PRMScorer | None = None) -> dict:
     """What the PRM ``spec`` with ``options`` scores by: its backend's ``identity_of`` on every option's
     effective value (defaults filled in), so an option left out and one given its default agree.
-    Loads no model (a fully scored rerun never does); a served PRM is asked for its model name."""
+    Loads no model (a fully scored rerun never does). A served PRM's model is what its servers name:
+    read from ``scorer`` when given (built, it has waited for them with the usual messages), else
+    asked with one ``GET /v1/models``."""
     backend, target = parse_spec(spec)
     cls = _backend_class(backend)
-    return cls.identity_of(target, {**{p.name: p.default for p in _options(cls)}, **(options or {})})
+    effective = {**{p.name: p.default for p in _options(cls)}, **(options or {})}
+    if scorer is not None and cls.identity_from_server:
+        return cls.identity_of(target, effective, served=scorer.served_model)
+    return cls.identity_of(target, effective)
 
 
 def validate_spec(spec: str, options: dict | None = None) -> None:

@@ -67,6 +67,8 @@ class PRMScorer(abc.ABC):
     #: A short label for logs and failure messages, e.g. "transformers:/models/VisualPRM-8B". What a
     #: stored score is keyed by is the backend's ``identity_of`` (``prm.scorer_identity``), not this.
     identity: str
+    #: Whether the stored identity needs the scorer built (``served_model``: what its servers name).
+    identity_from_server: bool = False
 
     @abc.abstractmethod
     def score(

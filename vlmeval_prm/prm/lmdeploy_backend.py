@@ -283,17 +283,27 @@ class LMDeployPRM(PRMScorer):
             else "fallback: one /v1/chat/completions request per step",
         )
 
+    #: The model this PRM scores with is what its servers name: a connected scorer knows it.
+    identity_from_server = True
+
+    @property
+    def served_model(self) -> str:
+        """The model every server of this scorer names in ``/v1/models``."""
+        return self._model
+
     @classmethod
-    def identity_of(cls, target: str, options: dict) -> dict:
-        """What this PRM's scores depend on: the model the servers name (one ``GET /v1/models``, not
-        their URLs), what it is shown (system prompt, labels, template), the read-out (``mode``,
-        ``top_logprobs``, which bound a missing label). Not timeouts, retries, concurrency or
-        ``skip_prefix_rows``: they change speed, not scores."""
+    def identity_of(cls, target: str, options: dict, served: str | None = None) -> dict:
+        """What this PRM's scores depend on: the model the servers name (``served``, from a connected
+        scorer; else one ``GET /v1/models``), not their URLs; what it is shown (system prompt, labels,
+        template); the read-out (``mode``, ``top_logprobs``, which bound a missing label). Not timeouts,
+        retries, concurrency or ``skip_prefix_rows``: they change speed, not scores."""
+        if served is None:
+            served = served_model(
+                server_urls(target), options["api_key"], options["connect_timeout"], options["startup_timeout"]
+            )
         return {
             "backend": "lmdeploy",
-            "model": served_model(
-                server_urls(target), options["api_key"], options["connect_timeout"], options["startup_timeout"]
-            ),
+            "model": served,
             "format": asdict(
                 PRMFormat(system_prompt=options["system_prompt"], template=chat_template(options["template"]))
             ),
