@@ -9,9 +9,9 @@ switch controls is tested for real in tests/test_hook.py.
 
 import json
 import os
-import sys
 
 import pytest
+from commands import HOST
 
 from vlmeval_prm.constants import DEMO_ENV, HOME_ENV, OPTIONS_ENV
 from vlmeval_prm.demo import build
@@ -36,7 +36,7 @@ def test_demo_runs_vlmeval_with_the_demo_switch_for_its_run_only(
     rc = cli.main(["demo", *flags, "--work-dir", str(tmp_path)])
     ((cmd, env),) = calls
     assert built == ([1] if builds else [])  # trained models are built (or found cached) before VLMEvalKit starts
-    assert cmd[:3] == [sys.executable, "-m", "vlmeval.run"]
+    assert cmd[: len(HOST.command())] == HOST.command()  # python -m vlmeval.run, or python <checkout>/run.py
     assert cmd[cmd.index("--model") + 1] == model and cmd[cmd.index("--data") + 1] == data
     assert cmd[cmd.index("--work-dir") + 1] == str(tmp_path)
     assert env[DEMO_ENV] == "1" and DEMO_ENV not in os.environ

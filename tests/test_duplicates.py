@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from commands import vlmeval_run_command
+from commands import MiniRows, vlmeval_run_command
 from PIL import Image
 
 from standins.openai_standin import gpt4v_bon_config, serve_scripted
@@ -70,10 +70,10 @@ def test_vlmeval_run_prints_the_summary_once_at_exit(tiny_paths, tmp_path):
     """A server that answers every question with the same text (one choice, whatever ``n`` says)."""
     (tmp_path / "LMUData").mkdir()
     with serve_scripted(lambda prompt, payload: "Read the figure.\n\nAnswer: A") as server:
-        config = gpt4v_bon_config("GPT4V-BoN2", 2, server, "sk-standin", "VLMEvalPRM_MiniMCQ")
+        config = gpt4v_bon_config("GPT4V-BoN2", 2, server, "sk-standin", MiniRows(4).config())
         (tmp_path / "config.json").write_text(json.dumps(config))
         env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), SPEC_ENV: SPEC, DEMO_ENV: "1"}
-        args = ["--config", str(tmp_path / "config.json"), "--limit", "4"]
+        args = ["--config", str(tmp_path / "config.json"), *MiniRows(4).args(tmp_path / "LMUData")]
         proc = subprocess.run(
             vlmeval_run_command(args, tmp_path / "outputs", "--api-nproc", "2"),
             cwd=tmp_path,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import requests
 import torch
-from commands import vlmeval_run_command
+from commands import MiniRows, vlmeval_run_command
 from PIL import Image
 from vlmeval.inference import FAIL_MSG
 
@@ -24,7 +24,9 @@ from vlmeval_prm.store.jsonl import index_records, read_records
 from vlmeval_prm.store.paths import store_file
 
 SPEC = "transformers:tiny:prm"
-DATA, N, ROWS = "VLMEvalPRM_MiniMCQ", 2, 4
+N, ROWS = 2, 4
+MINI = MiniRows(ROWS)
+DATA = MINI.data
 
 
 def _status_error(status: int) -> httpx.HTTPStatusError:
@@ -175,7 +177,7 @@ class DownStandin(SamplingStandin):
 
 def vlmeval_run(work, server, model="GPT4V-BoN2"):
     (work / "LMUData").mkdir(exist_ok=True)
-    (work / "config.json").write_text(json.dumps(gpt4v_bon_config(model, N, server, "sk-standin", DATA)))
+    (work / "config.json").write_text(json.dumps(gpt4v_bon_config(model, N, server, "sk-standin", MINI.config())))
     counters = work / "counters.jsonl"
     counters.unlink(missing_ok=True)
     env = {
@@ -186,7 +188,7 @@ def vlmeval_run(work, server, model="GPT4V-BoN2"):
         DEMO_ENV: "1",
         "PYTHONUNBUFFERED": "1",
     }
-    args = ["--config", str(work / "config.json"), "--limit", str(ROWS)]
+    args = ["--config", str(work / "config.json"), *MINI.args(work / "LMUData")]
     proc = subprocess.run(
         vlmeval_run_command(args, work / "outputs", "--api-nproc", "2"),
         cwd=work,

@@ -13,17 +13,20 @@ import time
 
 import pandas as pd
 import pytest
-from commands import vlmeval_run_command
+from commands import MiniRows, vlmeval_run_command
 
 from standins.openai_standin import SamplingStandin, _serving, gpt4v_bon_config, last_text
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV, SPEC_ENV
 from vlmeval_prm.counters import read_counter_file
+from vlmeval_prm.datasets.mini_mcq import MINI_MCQ
 from vlmeval_prm.store.jsonl import index_records, read_records
 from vlmeval_prm.store.paths import store_file
 from vlmeval_prm.store.records import Summary
 
 pytestmark = pytest.mark.e2e
-DATA, N, ROWS = "VLMEvalPRM_MiniMCQ", 2, 6
+N, ROWS = 2, 6
+MINI = MiniRows(ROWS)
+DATA = MINI.data
 FAIL = "Failed to obtain answer"
 
 
@@ -75,9 +78,9 @@ def vlmeval_run(work, args, env=None):
 
 
 def config_run(work, server, model="GPT4V-BoN2"):
-    config = gpt4v_bon_config(model, N, server, "sk-standin", DATA)
+    config = gpt4v_bon_config(model, N, server, "sk-standin", MINI.config())
     (work / "config.json").write_text(json.dumps(config))
-    return vlmeval_run(work, ["--config", str(work / "config.json"), "--limit", str(ROWS)])
+    return vlmeval_run(work, ["--config", str(work / "config.json"), *MINI.args(work / "LMUData")])
 
 
 def predictions(folder, model):
@@ -147,7 +150,7 @@ def test_api_mode_reuse_in_a_new_eval_id_folder_finds_the_store(tmp_path):
     model = "GPT4o-BoN2"
     with _serving(SamplingStandin()) as server:
         env = {"OPENAI_API_BASE": f"{server.url}/v1/chat/completions", "OPENAI_API_KEY": "sk-standin"}
-        args = ["--model", model, "--data", DATA, "--api-mode", "--reuse"]
+        args = ["--model", model, "--data", MINI_MCQ, "--api-mode", "--reuse"]
         vlmeval_run(tmp_path, args, env)
         calls = server.chat_calls
         assert calls == 36
@@ -157,7 +160,7 @@ def test_api_mode_reuse_in_a_new_eval_id_folder_finds_the_store(tmp_path):
     folder = tmp_path / "outputs" / model
     runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("T"))
     assert len(runs) == 2
-    store = index_records(read_records(store_file(str(folder), model, DATA)))
+    store = index_records(read_records(store_file(str(folder), model, MINI_MCQ)))
     assert len(store) == 36 and not list(tmp_path.glob("cwd/outputs"))
     for run in runs:
         assert not list(run.glob("*_bon_candidates.jsonl"))
@@ -217,7 +220,7 @@ def test_upstream_run_layout_a_new_eval_id_folder_samples_nothing(tmp_path):
     for eval_id, reuse in (("T20260101_G0a1b2c3d", "1"), ("T20260102_G0a1b2c3d", "0")):
         counters.unlink(missing_ok=True)
         proc = subprocess.run(
-            [sys.executable, "-c", UPSTREAM_DRIVER, model, str(tmp_path / "outputs"), eval_id, DATA, "3", reuse],
+            [sys.executable, "-c", UPSTREAM_DRIVER, model, str(tmp_path / "outputs"), eval_id, MINI_MCQ, "3", reuse],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -228,7 +231,7 @@ def test_upstream_run_layout_a_new_eval_id_folder_samples_nothing(tmp_path):
     counts = read_counter_file(str(counters))
     assert counts["policy_sequences"] == 0 and counts["prm_sequences"] == 0, counts
     folder = tmp_path / "outputs" / model
-    store = index_records(read_records(store_file(str(folder), model, DATA)))
+    store = index_records(read_records(store_file(str(folder), model, MINI_MCQ)))
     assert len(store) == 3
     check_whole(predictions(folder / "T20260102_G0a1b2c3d", model), store, 3)
 

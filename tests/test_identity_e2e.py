@@ -9,7 +9,7 @@ import subprocess
 
 import pandas as pd
 import pytest
-from commands import vlmeval_run_command
+from commands import MiniRows, vlmeval_run_command
 
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV
 from vlmeval_prm.counters import read_counter_file
@@ -18,7 +18,9 @@ from vlmeval_prm.store.paths import store_file
 from vlmeval_prm.store.records import Summary
 
 pytestmark = pytest.mark.e2e
-DATA, N, ROWS, SPEC = "VLMEvalPRM_MiniMCQ", 4, 4, "transformers:tiny:prm"
+N, ROWS, SPEC = 4, 4, "transformers:tiny:prm"
+MINI = MiniRows(ROWS)
+DATA = MINI.data
 DEMO_MODEL, TINY_POLICY = "VLMEvalPRM-TinyPolicy-BoN4", "VLMEvalPRM-TinyPolicy"
 
 
@@ -35,7 +37,7 @@ def vlmeval_run(work, model, entry=None):
     if entry is None:
         selection = ["--model", model, "--data", DATA]
     else:
-        config = {"model": {model: entry}, "data": {DATA: {"class": "VLMEvalPRMMiniMCQ", "dataset": DATA}}}
+        config = {"model": {model: entry}, "data": MINI.config()}
         (work / "config.json").write_text(json.dumps(config))
         selection = ["--config", str(work / "config.json")]
     env = {
@@ -46,7 +48,7 @@ def vlmeval_run(work, model, entry=None):
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.run(
-        vlmeval_run_command([*selection, "--limit", str(ROWS)], work / "outputs"),
+        vlmeval_run_command([*selection, *MINI.args(work / "LMUData")], work / "outputs"),
         cwd=work,
         env=env,
         capture_output=True,

@@ -55,7 +55,9 @@ def without_download(cls):
 
 def test_every_data_entry_builds_with_vlmevalkits_own_parser(config, monkeypatch):
     import vlmeval.dataset
-    from vlmeval.run import build_dataset_from_config
+    from commands import HOST
+
+    build_dataset_from_config = HOST.load().build_dataset_from_config
 
     for name, entry in config["data"].items():
         real = getattr(vlmeval.dataset, entry.get("class", ""), None)

@@ -23,6 +23,7 @@ from math import prod
 import numpy as np
 import pandas as pd
 import pytest
+from commands import HOST
 
 from standins.offline_benchmarks import (
     dynamath_rows,
@@ -42,11 +43,16 @@ pytestmark = pytest.mark.e2e
 N, MODEL, JUDGE = 4, "StandinPolicy-BoN4", "gpt-4o-mini"
 DATASETS = ("MathVista_MINI", "DynaMath")
 TESTS = os.path.dirname(os.path.abspath(__file__))
-#: vlmeval.run, after accepting the stand-in TSVs under the real names (no download, no checksum).
+#: The host's run (vlmeval.run, or a checkout's run.py), after accepting the stand-in TSVs under the real
+#: names (no download, no checksum).
 RUNNER = (
     "import runpy, sys; sys.path.insert(0, {tests!r}); "
     "from standins.offline_benchmarks import pin_offline_checksums; pin_offline_checksums({names!r}); "
-    "sys.argv = ['vlmeval.run', *sys.argv[1:]]; runpy.run_module('vlmeval.run', run_name='__main__')"
+    + (
+        "sys.argv = ['vlmeval.run', *sys.argv[1:]]; runpy.run_module('vlmeval.run', run_name='__main__')"
+        if HOST.kind == "module"
+        else f"sys.argv = [{HOST.path!r}, *sys.argv[1:]]; runpy.run_path({HOST.path!r}, run_name='__main__')"
+    )
 )
 
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from commands import vlmeval_run_command
+from commands import MiniRows, vlmeval_run_command
 from test_faults_runs import check_whole, predictions
 
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV
@@ -24,7 +24,9 @@ from vlmeval_prm.counters import read_counter_file
 from vlmeval_prm.store.jsonl import index_records, read_records
 
 pytestmark = pytest.mark.e2e
-MODEL, DATA, N, ROWS, KILLS = "VLMEvalPRM-TinyPolicy-BoN2", "VLMEvalPRM_MiniMCQ", 2, 6, 10
+MODEL, N, ROWS, KILLS = "VLMEvalPRM-TinyPolicy-BoN2", 2, 6, 10
+MINI = MiniRows(ROWS)
+DATA = MINI.data
 SPEC = "transformers:tiny:prm"
 LINES = ROWS * (1 + 2 * N)  # a sample line, then N candidate and N score lines per row
 
@@ -38,7 +40,7 @@ def start(work, counters):
         DEMO_ENV: "1",
         "PYTHONUNBUFFERED": "1",
     }
-    cmd = vlmeval_run_command(["--model", MODEL, "--data", DATA], work / "outputs", "--limit", str(ROWS))
+    cmd = vlmeval_run_command(["--model", MODEL, "--data", DATA], work / "outputs", *MINI.args(work / "LMUData"))
     return subprocess.Popen(
         cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from commands import HOST, checkout_of_installed
 from openai import BadRequestError, NotFoundError, OpenAI
 from PIL import Image, ImageDraw
 from transformers import AutoTokenizer
@@ -351,15 +352,19 @@ def test_unknown_model_name_stops_the_server_with_a_clear_error(tmp_path):
     assert "'NoSuchModel' is not a model" in log and "`vlmeval-prm models`" in log  # the plugin's diagnosis
 
 
-def test_a_config_entry_is_served_under_its_name(tmp_path, tiny_paths):
+@pytest.mark.parametrize("root", [False, True], ids=["installed-host", "checkout-root"])
+def test_a_config_entry_is_served_under_its_name(tmp_path, tiny_paths, root):
+    """Built by the host's own build_model_from_config: the installed one, or that of the checkout
+    ``--vlmevalkit-root`` names (its run.py, loaded as a module)."""
     cfg = tmp_path / "bon.json"
     cfg.write_text(
         json.dumps(
             {"model": {"MyBoN": {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": 2, "prm": TINY_PRM_SPEC}}}
         )
     )
+    extra = ["--vlmevalkit-root", str(checkout_of_installed(tmp_path / "checkout"))] if root else []
     proc, url = start_server(
-        tmp_path, "--config", str(cfg), "--store-dir", str(tmp_path / "store"), env={"VLMEVAL_PRM_DEMO": "1"}
+        tmp_path, "--config", str(cfg), "--store-dir", str(tmp_path / "store"), *extra, env={"VLMEVAL_PRM_DEMO": "1"}
     )  # the tiny policy's name exists only with it
     try:
         wait_ready(proc, url, tmp_path / "server.log")
@@ -370,6 +375,8 @@ def test_a_config_entry_is_served_under_its_name(tmp_path, tiny_paths):
         assert (tmp_path / "store" / "MyBoN_nodataset_bon_candidates.jsonl").exists()
     finally:
         assert stop(proc) == 0
+    host = f"python {tmp_path / 'checkout' / 'run.py'}" if root else HOST.describe()
+    assert f"build_model_from_config ({host})" in (tmp_path / "server.log").read_text()
 
 
 # ------------------------------------------------------------------- request checks without a model

@@ -155,8 +155,9 @@ def serve_sampling(honour_n: bool = True, model: str = "standin"):
     return _serving(SamplingStandin(honour_n, model))
 
 
-def gpt4v_bon_config(name: str, n: int, server: ChatStandin, key: str, data: str) -> dict:
-    """``vlmeval.run --config`` JSON: Best-of-``n`` over VLMEvalKit's GPT4V pointed at ``server``, on ``data``."""
+def gpt4v_bon_config(name: str, n: int, server: ChatStandin, key: str, data: str | dict) -> dict:
+    """``vlmeval.run --config`` JSON: Best-of-``n`` over VLMEvalKit's GPT4V pointed at ``server``, on ``data``
+    (the mini MCQ set's name, or a whole ``data`` section)."""
     return {
         "model": {
             name: {
@@ -172,5 +173,5 @@ def gpt4v_bon_config(name: str, n: int, server: ChatStandin, key: str, data: str
                 },
             }
         },
-        "data": {data: {"class": "VLMEvalPRMMiniMCQ", "dataset": data}},
+        "data": data if isinstance(data, dict) else {data: {"class": "VLMEvalPRMMiniMCQ", "dataset": data}},
     }

@@ -11,6 +11,7 @@ afresh, one with another PRM identity scores again, and each says so once per st
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import inspect
 import json
@@ -124,6 +125,12 @@ def candidate_seed(key: str, i: int) -> int:
     """The sampling seed of candidate ``i`` of a sample: from its store key and index alone, so a run
     resumed after a kill draws the candidates an uninterrupted run would have drawn."""
     return int.from_bytes(hashlib.sha256(f"{key}/{i}".encode()).digest()[:4], "big")
+
+
+#: Held while a local policy samples from seeded RNGs. The RNGs are process-global, so with threads
+#: (``--api-mode --api-nproc K`` with a local model) candidates would draw from each other's seeds;
+#: one seeded sampling at a time in a process makes the stored candidates independent of the threads.
+SEEDED_SAMPLING = threading.Lock()
 
 
 def seed_sampling(seed: int) -> None:
@@ -366,17 +373,18 @@ class BestOfN(BaseModel):
             if seeded and j + 1 < len(missing):
                 seed_sampling(candidate_seed(key, missing[j + 1]))
 
-        if seeded:
-            seed_sampling(candidate_seed(key, missing[0]))
-        samples = self.adapter.sample(
-            self.base,
-            prompt,
-            dataset,
-            len(missing),
-            self.sampling,
-            greedy_first=self.sampling.first_greedy and missing[0] == 0,
-            on_sample=write,
-        )
+        with SEEDED_SAMPLING if seeded else contextlib.nullcontext():
+            if seeded:
+                seed_sampling(candidate_seed(key, missing[0]))
+            samples = self.adapter.sample(
+                self.base,
+                prompt,
+                dataset,
+                len(missing),
+                self.sampling,
+                greedy_first=self.sampling.first_greedy and missing[0] == 0,
+                on_sample=write,
+            )
         # adapters that make one call for all candidates: all of them in one write
         store.append(*(record(j, s) for j, s in enumerate(samples) if j not in written))
         self._stop_if_broken(samples, entry)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vlmeval_prm import __version__
 from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEMO_ENV, OPTIONS_ENV, SPEC_ENV
+from vlmeval_prm.host.runner import ROOT_ENV, HostNotFound, find_host
 from vlmeval_prm.store.jsonl import index_records, read_records
 from vlmeval_prm.store.paths import store_file
 
@@ -63,6 +64,11 @@ def demo(args) -> int:
     split; with ``--tiny`` the random-weight tiny models on the shipped mini set (seconds). The demo
     names exist only with ``VLMEVAL_PRM_DEMO=1``, set for this run alone, which also records ORM
     scores (``{"orm": true}``) so that the report has every strategy."""
+    try:
+        find_host(args.vlmevalkit_root)  # before the (slow) demo build
+    except HostNotFound as exc:
+        print(f"vlmeval-prm demo: {exc}", file=sys.stderr)
+        return 2
     if args.tiny:
         args.model, args.data = args.model or DEMO_MODEL, args.data or DEMO_DATA
     else:
@@ -70,12 +76,11 @@ def demo(args) -> int:
 
         print("demo models:", ensure_built(), flush=True)
         args.model, args.data = args.model or SHAPES_MODEL, args.data or SHAPES_DATA
+    host = find_host(args.vlmevalkit_root)
     env = {**os.environ, DEMO_ENV: "1"}
     env.setdefault(OPTIONS_ENV, json.dumps({"orm": True}))
     cmd = [
-        sys.executable,
-        "-m",
-        "vlmeval.run",
+        *host.command(),
         "--model",
         args.model,
         "--data",
@@ -182,10 +187,11 @@ def serve(args) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         allow_remote_images=args.allow_remote_images,
         image_root=args.image_root,
+        vlmevalkit_root=args.vlmevalkit_root,
     )
     try:
         return run_server(opts, host=args.host, port=args.port)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, HostNotFound) as exc:
         print(f"vlmeval-prm serve: {exc}", file=sys.stderr)
         return 2
 
@@ -270,6 +276,14 @@ def main(argv=None) -> int:
         return 0
 
 
+def _root_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--vlmevalkit-root",
+        help=f"a VLMEvalKit checkout whose run.py to use (default: ${ROOT_ENV}, else the installed vlmeval: "
+        "its vlmeval.run module, or the run.py of the checkout it is installed from)",
+    )
+
+
 def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="vlmeval-prm", description=__doc__.split("\n")[0], epilog=START_HERE, formatter_class=_Formatter
@@ -290,6 +304,7 @@ def _main(argv=None) -> int:
     p.add_argument("--model", help=f"default {SHAPES_MODEL} ({DEMO_MODEL} with --tiny)")
     p.add_argument("--data", help=f"default {SHAPES_DATA} ({DEMO_DATA} with --tiny)")
     p.add_argument("--work-dir", default="outputs", help="vlmeval.run's --work-dir")
+    _root_option(p)
     p.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for vlmeval.run")
     p = _command(sub, "report", "Best-of-N accuracy by N for every strategy, from stored runs", report)
     p.add_argument("--work-dir", default="outputs", help="vlmeval.run's --work-dir")
@@ -322,6 +337,7 @@ def _main(argv=None) -> int:
     p.add_argument("--store-dir", help="candidate store folder (default: $VLMEVAL_PRM_STORE_DIR or outputs/<model>)")
     p.add_argument("--allow-remote-images", action="store_true", help="let requests name http(s) image URLs")
     p.add_argument("--image-root", help="let requests name file:// image URLs inside this folder")
+    _root_option(p)
     p = _command(sub, "models", "every VLMEvalKit model name with its Best-of-N sampling route", models)
     p.add_argument("name", nargs="?", help="only names containing this text (case-blind)")
     p.add_argument("--route", help="only names with this route (e.g. batched, sequential, unsupported)")

@@ -76,6 +76,7 @@ class ServeOptions:
     api_key: str | None = field(default=None, repr=False)
     allow_remote_images: bool = False
     image_root: str | None = None
+    vlmevalkit_root: str | None = None  # whose run.py builds a --config model (default: the installed host)
 
     def check(self) -> None:
         """ValueError naming the bad option; run before the (slow) model load."""
@@ -94,6 +95,9 @@ class ServeOptions:
                 raise ValueError(f"{self.config} defines {sorted(models)}: choose one with --model")
             if self.model is not None and self.model not in models:
                 raise ValueError(f"{self.config} has no model {self.model!r} (it has {sorted(models)})")
+            from vlmeval_prm.host.runner import find_host
+
+            find_host(self.vlmevalkit_root)  # HostNotFound before the model load
         if self.n is not None and self.n < 1:
             raise ValueError(f"--n must be >= 1, got {self.n}")
         if self.max_concurrency < 1:
@@ -186,7 +190,7 @@ def load_model(opts: ServeOptions):
     from vlmeval_prm.host.bon import BestOfN
 
     if opts.config:
-        from vlmeval.run import build_model_from_config
+        from vlmeval_prm.host.runner import build_model_from_config, find_host
 
         with open(opts.config, encoding="utf-8") as f:
             models = json.load(f)["model"]
@@ -194,7 +198,11 @@ def load_model(opts: ServeOptions):
         entry = dict(models[name])
         if entry.get("class") == "BestOfN":
             entry.setdefault("name", name)  # served (and stored) under its config name, as vlmeval.run does
-        model = build_model_from_config({name: entry}, name)
+        host = find_host(opts.vlmevalkit_root)
+        log.info(
+            "building %s from %s with VLMEvalKit's build_model_from_config (%s)", name, opts.config, host.describe()
+        )
+        model = build_model_from_config({name: entry}, name, host)
     else:
         name = opts.model
         prm = plugin.TINY_PRM_SPEC if opts.demo else opts.prm

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vlmeval_prm.policy.code import entry, owner
+
 __all__ = [
     "SamplingConfig",
     "Sample",
@@ -36,10 +38,11 @@ __all__ = [
     "UnsupportedPolicyError",
     "ROUTES",
     "register_adapter",
-    "adapter_class",
+    "adapter_for",
     "get_adapter",
     "route_of",
     "supported_families",
+    "registered_names",
     "is_transient",
     "permanent_failure",
 ]
@@ -227,26 +230,46 @@ def register_adapter(*class_names: str) -> Callable[[type[SamplingAdapter]], typ
     return decorate
 
 
+def registered_names(adapter_cls: type[SamplingAdapter]) -> list[str]:
+    """The class names ``adapter_cls`` is registered for."""
+    return sorted(name for name, known in _REGISTRY.items() if known is adapter_cls)
+
+
 def supported_families() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def adapter_class(cls: type) -> type[SamplingAdapter] | None:
-    """The adapter of the nearest registered class in ``cls``'s MRO, or None."""
+def adapter_for(cls: type) -> tuple[type[SamplingAdapter] | None, str | None]:
+    """The adapter of the nearest registered class in ``cls``'s MRO whose code ``cls`` runs, and why
+    nearer ones were passed over (None when none was). A family adapter was checked against the
+    ``generate_inner`` of the classes it is registered for; when ``cls`` overrides it below such a
+    class, the adapter applies only if ``fits_code`` finds in the new code what it relies on, else
+    the search goes on up the MRO (to the generic route of ``BaseModel``)."""
+    method = entry(cls)
+    impl = owner(cls, method)
+    passed: list[str] = []
     for klass in cls.__mro__:
         adapter_cls = _REGISTRY.get(klass.__name__)
-        if adapter_cls is not None:
-            return adapter_cls
-    return None
+        if adapter_cls is None:
+            continue
+        why = None if impl is None or impl in klass.__mro__ else adapter_cls.fits_code(cls)
+        if why is None:
+            return adapter_cls, "; ".join(passed) or None
+        passed.append(
+            f"{cls.__name__}.{method} is {impl.__name__}'s own, not {klass.__name__}'s, so the "
+            f"{adapter_cls.name} route does not apply ({why})"
+        )
+    return None, "; ".join(passed) or None
 
 
 def route_of(model: Any) -> tuple[SamplingAdapter | None, Route]:
     """(adapter, route) of a built model or a ModelSpec, without raising."""
-    adapter_cls = adapter_class(model_class(model))
+    adapter_cls, passed = adapter_for(model_class(model))
     if adapter_cls is None:
-        return None, Route("unsupported", f"{describe(model)} is not a VLMEvalKit model class")
+        return None, Route("unsupported", passed or f"{describe(model)} is not a VLMEvalKit model class")
     adapter = adapter_cls()
-    return adapter, adapter.route(model)
+    route = adapter.route(model)
+    return adapter, Route(route.route, f"{passed}. {route.reason}") if passed else route
 
 
 def get_adapter(model: Any) -> SamplingAdapter:
@@ -372,6 +395,13 @@ class SamplingAdapter:
     settings_attr: str | None = None
     #: What ``SamplingConfig.top_k=None`` is sent as: 0 (no cut-off) or None (not sent).
     top_k_off: int | None = 0
+
+    @classmethod
+    def fits_code(cls, klass: type) -> str | None:
+        """Whether this adapter applies to ``klass``, a subclass of a registered class that overrides
+        ``generate_inner``: None if so, else why not. Family adapters that rely on how their
+        classes' code passes settings override it; by default nothing class-specific is relied on."""
+        return None
 
     def route(self, model: Any) -> Route:
         """What sampling ``model`` (built, or a ModelSpec) gets; the one place this is decided."""

@@ -35,7 +35,9 @@ from vlmeval_prm.policy.base import (
     patched_attrs,
     patched_items,
     register_adapter,
+    registered_names,
 )
+from vlmeval_prm.policy.code import FOREIGN_DECODING, engine_calls
 from vlmeval_prm.policy.engines import (
     HFGenerate,
     Interceptor,
@@ -74,6 +76,14 @@ class EngineAdapter(SamplingAdapter):
     vllm_attr, pipeline_attr = "llm", "model"
 
     # -- route -----------------------------------------------------------------------------------
+    @classmethod
+    def fits_code(cls, klass: type) -> str | None:
+        """A family route (batched: one engine call per answer, row 0 decoded) holds for the code it
+        was checked against only; the generic route relies on nothing class-specific."""
+        if cls.name == "generic":
+            return None
+        return f"{cls.name} was checked against the code of {', '.join(registered_names(cls))} only"
+
     def engine(self, model: Any) -> str:
         for engine, flag in self.engines.items():
             if flag is not None and attr(model, flag, False):
@@ -96,6 +106,14 @@ class EngineAdapter(SamplingAdapter):
                 "unsupported",
                 f"{self.name}: {model.cls.__name__} never calls a generate or chat "
                 "method, so sampling settings have nowhere to go",
+            )
+        calls = engine_calls(model_class(model))
+        if engine == "transformers" and calls and all(c.foreign for c in calls):
+            c = calls[0]
+            return Route(
+                "unsupported",
+                f"{self.name}: {c.describe()} passes {c.foreign}=, so it is the model's own generate, not "
+                f"transformers' (which takes {FOREIGN_DECODING[c.foreign]}): sampling settings have nowhere to go",
             )
         if self.batched:
             return Route("batched", f"{self.name}: N candidates from {ENGINE_WORDS[engine]}")
@@ -334,6 +352,11 @@ class InternVLAdapter(EngineAdapter):
         return text
 
 
+def _settings_calls(klass: type, settings_attr: str) -> list:
+    """The engine calls ``klass``'s settings dict reaches (``code.engine_calls``)."""
+    return [c for c in engine_calls(klass, settings_attr) if c.settings]
+
+
 def _identity(text, *args, **kwargs):
     return text
 
@@ -365,16 +388,35 @@ class MiniCPMAdapter(EngineAdapter):
     name = "minicpm_v"
     settings_attr = "kwargs"
     CAPPED = frozenset({"MiniCPM_V", "MiniCPM_Llama3_V"})  # short-answer caps, raised for reasoning
-    flag = "sampling"  # the chat() argument that selects sampling
+    flag = "sampling"  # the chat() argument that selects sampling (``switch``)
     engines = {"lmdeploy": "use_lmdeploy", "transformers": None}
+
+    @classmethod
+    def fits_code(cls, klass: type) -> str | None:
+        """The route puts the sampling switch into ``self.kwargs``: it applies where those reach the
+        checkpoint's ``chat`` (which takes ``flag``) or transformers' ``generate`` (which takes
+        ``do_sample`` and rejects anything else: ``model_kwargs are not used``), not a mix."""
+        methods = {c.method for c in _settings_calls(klass, cls.settings_attr)}
+        if methods in ({"chat"}, {"generate"}):
+            return None
+        where = ", ".join(c.describe() for c in _settings_calls(klass, cls.settings_attr)) or "no engine call"
+        return f"its self.{cls.settings_attr} reach {where}, not one chat() or transformers generate()"
+
+    def switch(self, model: Any) -> str:
+        """The keyword that turns sampling on where this model's ``self.kwargs`` go: ``flag`` for the
+        checkpoint's ``chat``, ``do_sample`` for transformers' ``generate`` (upstream's MiniCPM_V_4_6)."""
+        calls = _settings_calls(model_class(model), self.settings_attr)
+        return "do_sample" if calls and all(c.method == "generate" for c in calls) else self.flag
 
     def route(self, model: Any) -> Route:
         if self.engine(model) == "lmdeploy":
             return super().route(model)
+        calls = _settings_calls(model_class(model), self.settings_attr)
+        into = calls[0].call if calls else "chat"
         return Route(
             "sequential",
-            f"{self.name}: N chat calls, sampling settings set in self.kwargs "
-            f"({self.flag}=True, temperature, top_p, top_k)",
+            f"{self.name}: N {into}() calls, sampling settings set in self.kwargs "
+            f"({self.switch(model)}=True, temperature, top_p, top_k)",
         )
 
     def check(self, model: Any, dataset: str | None = None) -> None:
@@ -394,14 +436,11 @@ class MiniCPMAdapter(EngineAdapter):
         return SamplingAdapter.sample(self, model, message, dataset, n, cfg, greedy_first, on_sample)
 
     def applied(self, model: Any, settings: dict) -> contextlib.AbstractContextManager:
-        return patched_items(model.kwargs, self.generation_kwargs(settings))
-
-    def generation_kwargs(self, settings: dict) -> dict:
-        out = {self.flag: settings["do_sample"]}
+        out = {self.switch(model): settings["do_sample"]}
         if settings["do_sample"]:
             out["num_beams"] = 1
         out.update((k, v) for k, v in settings.items() if k != "do_sample" and v is not None)
-        return out
+        return patched_items(model.kwargs, out)
 
     def enable_cot(self, model: Any) -> bool:
         """Newer MiniCPM wrappers choose CoT prompts (and longer outputs) per dataset with
