@@ -20,7 +20,6 @@ from vlmeval_prm.counters import COUNTS
 from vlmeval_prm.loading import load_images
 from vlmeval_prm.policy import SamplingConfig, get_adapter
 from vlmeval_prm.prm import build_scorer
-from vlmeval_prm.prm.conversation import build_messages
 from vlmeval_prm.steps import split_steps
 
 
@@ -40,7 +39,7 @@ def prefix_tokens(prm, question: str, image, steps: list[str]) -> int:
     """Prefill tokens if every step were scored by its own forward pass over its prefix."""
     total = 0
     for k in range(1, len(steps) + 1):
-        msgs = build_messages(question, steps[:k], 1, prm.fmt)[:-1]
+        msgs = prm.fmt.messages(question, steps[:k], 1)[:-1]
         text = prm.inputs.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         total += prm.inputs.processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"].shape[1]
     return total

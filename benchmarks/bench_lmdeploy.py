@@ -171,7 +171,7 @@ def bare_client(
     """The same /generate requests, encoded beforehand, sent by bare httpx clients (nothing parsed)."""
     import httpx
 
-    from vlmeval_prm.prm.conversation import PRMFormat, render_prompt
+    from vlmeval_prm.prm.formats.visualprm import VisualPRMFormat
     from vlmeval_prm.prm.http import encode_json
     from vlmeval_prm.prm.lmdeploy_backend import GENERATE_TOP_LOGPROBS, IMAGE_TOKEN, image_data_url
 
@@ -179,7 +179,7 @@ def bare_client(
     bodies = [
         encode_json(
             {
-                "prompt": render_prompt(question, c, len(urls), PRMFormat(), image=IMAGE_TOKEN + "\n"),
+                "prompt": VisualPRMFormat().render(question, c, len(urls), image=IMAGE_TOKEN + "\n"),
                 "image_data": urls,
                 "max_tokens": 0,
                 "return_logprob": True,

@@ -39,6 +39,7 @@ class MiniRows:
         """What to add to the command; writes the TSV into ``lmudata`` where it is needed."""
         if HAS_LIMIT:
             return ["--limit", str(self.rows)]
+        lmudata.mkdir(parents=True, exist_ok=True)
         lines = (files("vlmeval_prm") / "data" / f"{MINI_MCQ}.tsv").read_text(encoding="utf-8").splitlines(True)
         (lmudata / f"{self.data}.tsv").write_text("".join(lines[: self.rows + 1]), encoding="utf-8")
         return []

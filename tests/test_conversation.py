@@ -12,15 +12,8 @@ import hashlib
 
 import pytest
 
-from vlmeval_prm.prm.conversation import (
-    PRM_SYSTEM_PROMPT,
-    PRMFormat,
-    build_conversation,
-    build_messages,
-    chat_messages,
-    chat_template,
-    render_prompt,
-)
+from vlmeval_prm.prm.conversation import chat_messages, chat_template
+from vlmeval_prm.prm.formats.visualprm import PRM_SYSTEM_PROMPT, VisualPRMFormat
 
 SYSTEM_TURN = (
     "<|im_start|>system\n"
@@ -72,19 +65,19 @@ def test_system_prompt_is_internvls_verbatim():
         hashlib.sha256(PRM_SYSTEM_PROMPT.encode()).hexdigest()
         == "18279fe8e6c5f76aebb619b266e665b89b2d0b1cb181b6aa3fded44d24b8fa1e"
     )
-    assert PRMFormat().system_prompt == PRM_SYSTEM_PROMPT
+    assert VisualPRMFormat().system_prompt == PRM_SYSTEM_PROMPT
 
 
 def test_golden_one_image():
-    got = render_prompt(
-        "What is the area of the square?", ["The side is 3.", "So the area is 3 * 3 = 9."], 1, PRMFormat()
+    got = VisualPRMFormat().render(
+        "What is the area of the square?", ["The side is 3.", "So the area is 3 * 3 = 9."], 1
     )
     assert got == ONE_IMAGE
 
 
 def test_golden_two_images():
     steps = ["The first is 2 cm wide.", "The second is 3 cm wide.", "Answer: the second."]
-    assert render_prompt("Which is larger?", steps, 2, PRMFormat()) == TWO_IMAGES
+    assert VisualPRMFormat().render("Which is larger?", steps, 2) == TWO_IMAGES
 
 
 @pytest.mark.parametrize("n_images, golden", [(1, ONE_IMAGE), (2, TWO_IMAGES)])
@@ -98,12 +91,12 @@ def test_the_prms_own_hf_chat_template_renders_the_same_text(tiny_paths, n_image
         if n_images == 1
         else ("Which is larger?", ["The first is 2 cm wide.", "The second is 3 cm wide.", "Answer: the second."])
     )
-    hf = processor.apply_chat_template(build_messages(question, steps, n_images, PRMFormat()), tokenize=False)
+    hf = processor.apply_chat_template(VisualPRMFormat().messages(question, steps, n_images), tokenize=False)
     assert hf == golden.replace("<image>", "<IMG_CONTEXT>")
 
 
 def test_openai_messages_keep_the_image_inside_the_question():
-    turns = build_conversation("Which is larger?", ["a", "b"], 2, PRMFormat())
+    turns = VisualPRMFormat().conversation("Which is larger?", ["a", "b"], 2)
     messages = chat_messages(turns, ["data:A", "data:B"])
     assert messages[0] == {"role": "system", "content": PRM_SYSTEM_PROMPT}
     assert messages[1]["content"] == [
@@ -122,14 +115,11 @@ def test_openai_messages_keep_the_image_inside_the_question():
 
 
 def test_system_prompt_and_template_are_configurable():
-    fmt = PRMFormat(system_prompt=None, template=chat_template({"turn_start": "<s>", "turn_end": "</s>"}))
-    assert (
-        render_prompt("Q", ["a"], 0, fmt)
-        == "<s>user\n### Question:\nQ\n\n### Solution Process:\na</s><s>assistant\n+</s>"
-    )
-    other = render_prompt("Q", ["a"], 0, PRMFormat(system_prompt="Judge each step."))
+    fmt = VisualPRMFormat(system_prompt=None, template=chat_template({"turn_start": "<s>", "turn_end": "</s>"}))
+    assert fmt.render("Q", ["a"], 0) == "<s>user\n### Question:\nQ\n\n### Solution Process:\na</s><s>assistant\n+</s>"
+    other = VisualPRMFormat(system_prompt="Judge each step.").render("Q", ["a"], 0)
     assert other.startswith("<|im_start|>system\nJudge each step.<|im_end|>\n")
     with pytest.raises(ValueError, match="unknown chat template fields"):
         chat_template({"turn_begin": "x"})
     with pytest.raises(ValueError, match="no steps"):
-        build_conversation("Q", [], 1, PRMFormat())
+        VisualPRMFormat().conversation("Q", [], 1)

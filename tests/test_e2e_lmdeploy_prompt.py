@@ -18,7 +18,7 @@ import pytest
 from test_e2e_bon import N, store_file, vlmeval_run
 
 from vlmeval_prm.constants import OPTIONS_ENV, SPEC_ENV
-from vlmeval_prm.prm.conversation import PRM_SYSTEM_PROMPT  # pinned by test_conversation.py
+from vlmeval_prm.prm.formats.visualprm import PRM_SYSTEM_PROMPT  # pinned by test_conversation.py
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("lmdeploy")

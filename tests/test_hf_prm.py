@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from vlmeval_prm.prm import build_scorer
-from vlmeval_prm.prm.conversation import PRMFormat, build_messages
+from vlmeval_prm.prm.formats.visualprm import VisualPRMFormat
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ CANDIDATES = [
 @pytest.mark.parametrize("n_steps", [1, 3, 12])
 def test_conversation_has_one_placeholder_per_step(prm, n_steps):
     steps = [f"s{i}" for i in range(n_steps)]
-    messages = build_messages("Q?", steps, 1, PRMFormat())
+    messages = VisualPRMFormat().messages("Q?", steps, 1)
     assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * n_steps
     assert messages[1]["content"] == [
         {"type": "text", "text": "### Question:\n"},
@@ -42,13 +42,13 @@ def test_conversation_has_one_placeholder_per_step(prm, n_steps):
 
 
 def test_no_system_turn_when_disabled():
-    messages = build_messages("Q", ["a"], 0, PRMFormat(system_prompt=None))
+    messages = VisualPRMFormat(system_prompt=None).messages("Q", ["a"], 0)
     assert messages[0]["role"] == "user"
 
 
 def prefix_score(prm, question, image, steps, k):
     """Score of step k from a separate forward pass over the conversation up to step k."""
-    messages = build_messages(question, steps[: k + 1], 1, prm.fmt)[:-1]  # drop the last "+"
+    messages = prm.fmt.messages(question, steps[: k + 1], 1)[:-1]  # drop the last "+"
     text = prm.inputs.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     with Image.open(image) as im:
         inputs = prm.inputs.processor(text=[text], images=[[im.convert("RGB")]], return_tensors="pt")

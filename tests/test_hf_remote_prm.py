@@ -19,7 +19,7 @@ from PIL import Image
 
 from vlmeval_prm.counters import COUNTS
 from vlmeval_prm.prm import build_scorer
-from vlmeval_prm.prm.conversation import PRM_SYSTEM_PROMPT
+from vlmeval_prm.prm.formats.visualprm import PRM_SYSTEM_PROMPT
 from vlmeval_prm.prm.hf_backend import TransformersPRM
 
 IMAGE_SIZE, NUM_IMAGE_TOKEN = 28, 4

@@ -69,7 +69,7 @@ def test_a_transformers_identity_loads_no_model(monkeypatch):
 
 def test_options_that_change_scores_change_the_identity_and_speed_options_do_not(tmp_path):
     base = digest(scorer_identity(SPEC))
-    from vlmeval_prm.prm.conversation import PRM_SYSTEM_PROMPT
+    from vlmeval_prm.prm.formats.visualprm import PRM_SYSTEM_PROMPT
 
     assert digest(scorer_identity(SPEC, {"system_prompt": PRM_SYSTEM_PROMPT})) == base  # the default, given
     for speed in ({"batch_size": 2}, {"share_prefix": False}, {"kv_budget_mb": 1.0}, {"device": "cpu"}):

@@ -20,7 +20,6 @@ pytest.importorskip("lmdeploy")
 
 from standins.lmdeploy_standin import label_boosted_copy, serve_standin  # noqa: E402
 from vlmeval_prm.prm import build_scorer  # noqa: E402
-from vlmeval_prm.prm.conversation import render_prompt  # noqa: E402
 from vlmeval_prm.prm.hf_backend import TransformersPRM  # noqa: E402
 from vlmeval_prm.prm.lmdeploy_backend import (  # noqa: E402
     IMAGE_TOKEN,
@@ -168,7 +167,7 @@ def test_client_prompt_is_the_models_own_chat_template_token_for_token(pytorch_s
     """What /generate tokenizes (images expanded by LMDeploy) equals what the HF processor builds."""
     hf = reference[0]
     steps = CANDIDATES[0]
-    prompt = render_prompt(QUESTION, steps, len(images), hf.fmt, image=IMAGE_TOKEN + "\n")
+    prompt = hf.fmt.render(QUESTION, steps, len(images), image=IMAGE_TOKEN + "\n")
     assert prompt.replace(IMAGE_TOKEN, "<IMG_CONTEXT>") == hf.render(QUESTION, steps, len(images))
     resp = httpx.post(
         f"{pytorch_server.url}/generate",

@@ -25,7 +25,7 @@ from PIL import Image
 from standins.internlm2_remote import IMAGE_SIZE, NUM_IMAGE_TOKEN, write_checkpoint
 from vlmeval_prm import remote_code
 from vlmeval_prm.prm import build_scorer
-from vlmeval_prm.prm.conversation import PRM_SYSTEM_PROMPT
+from vlmeval_prm.prm.formats.visualprm import PRM_SYSTEM_PROMPT
 from vlmeval_prm.remote_code import KNOWN_GOOD_TRANSFORMERS, RemoteCodeError, ensure_generate, repair_buffers
 
 TF5 = int(transformers.__version__.split(".")[0]) >= 5

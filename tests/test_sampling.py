@@ -393,10 +393,18 @@ def test_qwen_vllm_path_samples_with_n(monkeypatch, tmp_path, fake_vllm):
     assert params.max_tokens == 2048 and params.seed is None  # the wrapper's own limit kept
 
 
-def test_subclass_matches_along_mro(qwen):
+def test_subclass_matches_along_mro_while_it_runs_the_registered_code(qwen):
+    """A subclass that keeps Qwen2VLChat's generate_inner keeps its adapter; Aguvis overrides it, so its
+    route comes from its own code (the generic one), and the route says why."""
+    sub_cls = type("Qwen2VLSub", (vlmeval.vlm.Qwen2VLChat,), {})
+    sub = sub_cls.__new__(sub_cls)
+    sub.model = qwen.model
+    assert get_adapter(sub).name == "qwen2_vl"
     aguvis = vlmeval.vlm.Qwen2VLChatAguvis.__new__(vlmeval.vlm.Qwen2VLChatAguvis)
     aguvis.model = qwen.model
-    assert get_adapter(aguvis).name == "qwen2_vl"
+    assert get_adapter(aguvis).name == "generic"
+    reason = route_of(aguvis)[1].reason
+    assert "Qwen2VLChatAguvis.generate_inner is Qwen2VLChatAguvis's own, not Qwen2VLChat's" in reason
 
 
 # -- LLaVA (HF-native), batched; generic route for classes without an adapter --------------------

@@ -83,7 +83,7 @@ def policy_messages(problem: Problem) -> list[dict]:
 
 def tokenizer_corpus(recipe: Recipe) -> list[str]:
     """Texts the BPE merges are learnt from: prompts, solutions and the PRM's conversation wording."""
-    from vlmeval_prm.prm.conversation import PRM_SYSTEM_PROMPT
+    from vlmeval_prm.prm.formats.visualprm import PRM_SYSTEM_PROMPT
 
     rng = random.Random(recipe.seed)
     # a bare blank line too: the tiny tokenizer recipe insists on a "\n\n" token

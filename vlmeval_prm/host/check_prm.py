@@ -437,7 +437,6 @@ _SERVED_BUFFERS = Check("PASS", "not applicable: the server runs the model with 
 
 def _examine(scorer, results: dict[str, Check], served: bool, checkpoint: str, image: str, seconds: float) -> list:
     """Fill in the checks of a built scorer; the probe prompt's head."""
-    from vlmeval_prm.prm.conversation import render_prompt
 
     identity = getattr(scorer, "identity", "?")
     if served:
@@ -475,10 +474,10 @@ def _examine(scorer, results: dict[str, Check], served: bool, checkpoint: str, i
         results["score"], scored = check_score(scorer, image, n_copies=max(1, len(ready)))
         tokens = scored[0].meta.get("prompt_tokens") if scored else None
         if scorer.mode == "generate":
-            text = render_prompt(PROBE_QUESTION, list(PROBE_STEPS), 1, scorer.fmt, image=IMAGE_TOKEN + "\n")
+            text = scorer.fmt.render(PROBE_QUESTION, list(PROBE_STEPS), 1, image=IMAGE_TOKEN + "\n")
             how = "as sent to /generate; the server's token count"
         else:
-            text = render_prompt(PROBE_QUESTION, list(PROBE_STEPS), 1, scorer.fmt)
+            text = scorer.fmt.render(PROBE_QUESTION, list(PROBE_STEPS), 1)
             how = (
                 "the PRM's template, which the server's must match; the server's token counts of the "
                 f"{len(PROBE_STEPS)} chat requests summed"

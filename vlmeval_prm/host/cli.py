@@ -196,6 +196,33 @@ def serve(args) -> int:
         return 2
 
 
+def prms(args) -> int:
+    """The PRM formats (``vlmeval_prm.prm.formats``) and the backends each scores on."""
+    from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMATS, format_class
+
+    rows = []
+    for name in sorted(FORMATS):
+        fmt = format_class(name)()
+        rows.append(
+            {
+                "format": name,
+                "default": name == DEFAULT_FORMAT,
+                "backends": list(fmt.backends),
+                "labels": [fmt.good_token, fmt.bad_token],
+                "system_prompt": fmt.system_prompt,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'format':<16} {'backends':<24} labels")
+    for r in rows:
+        default = "  (default)" if r["default"] else ""
+        print(f"{r['format']:<16} {', '.join(r['backends']):<24} {r['labels'][0]!r} / {r['labels'][1]!r}{default}")
+    print('\nchoose one with "prm_options": {"format": NAME} in a --config BestOfN entry (check-prm: --options)')
+    return 0
+
+
 def models(args) -> int:
     """Every ``supported_VLM`` name (other plugins' too) with its class and sampling route, taken from
     the adapter registry that Best-of-N uses; the Best-of-N names themselves are left out. Families
@@ -338,6 +365,12 @@ def _main(argv=None) -> int:
     p.add_argument("--allow-remote-images", action="store_true", help="let requests name http(s) image URLs")
     p.add_argument("--image-root", help="let requests name file:// image URLs inside this folder")
     _root_option(p)
+    p = _command(
+        sub, "prms", "the PRM formats (what a PRM is shown, where its scores are read) and their backends", prms
+    )
+    p.add_argument(
+        "--json", action="store_true", help="a JSON array of {format, default, backends, labels, system_prompt}"
+    )
     p = _command(sub, "models", "every VLMEvalKit model name with its Best-of-N sampling route", models)
     p.add_argument("name", nargs="?", help="only names containing this text (case-blind)")
     p.add_argument("--route", help="only names with this route (e.g. batched, sequential, unsupported)")

@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vlmeval_prm.constants import DEMO_ENV, STORE_DIR_ENV
 from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
-from vlmeval_prm.prm import parse_spec
+from vlmeval_prm.prm import backend_class
 from vlmeval_prm.store.records import Summary
 
 log = get_logger(__name__)
@@ -337,7 +337,7 @@ class ModelHost:
             self.error = f"{type(exc).__name__}: {exc}"
             on_failure()
             return
-        parallel = model.is_api and parse_spec(model.prm_spec)[0] != "transformers"
+        parallel = model.is_api and backend_class(model.prm_spec).concurrent
         workers = self.opts.max_concurrency if parallel else 1
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bon-generate")
         self.image_dir = os.path.join(os.path.dirname(os.path.abspath(model.store(None).path)), "images")

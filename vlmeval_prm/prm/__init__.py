@@ -56,6 +56,11 @@ def build_scorer(spec: str, **options) -> PRMScorer:
     return _backend_class(backend)(target, **options)
 
 
+def backend_class(spec: str) -> type[PRMScorer]:
+    """The backend class of ``spec`` (its class attributes say what host code needs, e.g. ``concurrent``)."""
+    return _backend_class(parse_spec(spec)[0])
+
+
 def identity_from_server(spec: str) -> bool:
     """Whether ``scorer_identity`` of ``spec`` needs the scorer built (a served PRM names its model)."""
     return _backend_class(parse_spec(spec)[0]).identity_from_server
@@ -90,6 +95,12 @@ def validate_spec(spec: str, options: dict | None = None) -> None:
             raise ValueError(
                 f"the {backend} backend takes no option {', '.join(map(repr, unknown))} (it takes {', '.join(params)})"
             )
+        if "format" in (options or {}):
+            from vlmeval_prm.prm.formats import format_class
+
+            fmt = format_class(options["format"])
+            if backend not in fmt.backends:
+                raise ValueError(f"the {fmt.name} format has no {backend} backend (it has {', '.join(fmt.backends)})")
         if (options or {}).get("template") is not None:
             from vlmeval_prm.prm.conversation import chat_template
 

@@ -69,6 +69,8 @@ class PRMScorer(abc.ABC):
     identity: str
     #: Whether the stored identity needs the scorer built (``served_model``: what its servers name).
     identity_from_server: bool = False
+    #: Whether several questions may be scored at once (served PRMs), or one at a time (a model in process).
+    concurrent: bool = True
 
     @abc.abstractmethod
     def score(

@@ -50,14 +50,8 @@ from vlmeval_prm.loading import (
 )
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
-from vlmeval_prm.prm.conversation import (
-    INTERNVL_IMAGE,
-    PRM_SYSTEM_PROMPT,
-    PRMFormat,
-    build_messages,
-    chat_template,
-    render_prompt,
-)
+from vlmeval_prm.prm.conversation import INTERNVL_IMAGE, chat_template
+from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, PRMFormat, build_format
 
 log = get_logger(__name__)
 
@@ -156,7 +150,7 @@ class _NativeInputs:
         return with_prompt[len(without) :]
 
     def render(self, question: str, steps: list[str], n_images: int) -> str:
-        messages = build_messages(question, steps, n_images, self.fmt)
+        messages = self.fmt.messages(question, steps, n_images)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
     def images(self, paths: Sequence[str]):
@@ -245,7 +239,7 @@ class _InternVLRemoteInputs:
         self.pattern = label_pattern(self.tokenizer, fmt.template.header("assistant"), fmt.good_token)
 
     def render(self, question: str, steps: list[str], n_images: int) -> str:
-        return render_prompt(question, steps, n_images, self.fmt, image=INTERNVL_IMAGE + "\n")
+        return self.fmt.render(question, steps, n_images, image=INTERNVL_IMAGE + "\n")
 
     def images(self, paths: Sequence[str]):
         return internvl_tiles(paths, self.image_size, self.max_num)
@@ -339,7 +333,8 @@ def checkpoint_id(path: str) -> str:
 
 
 class TransformersPRM(PRMScorer):
-    """VisualPRM-format scoring in-process, for HF-native and remote-code InternVL PRMs.
+    """Scoring in-process, for HF-native and remote-code InternVL PRMs, in the PRM format ``format``
+    (``prm.formats``; VisualPRM's by default; ``system_prompt``: the format's own unless given).
 
     Candidates of one question are batched (``batch_size`` at a time, one forward pass per batch);
     a batch that fails is retried one candidate at a time so one bad candidate cannot sink the
@@ -352,10 +347,13 @@ class TransformersPRM(PRMScorer):
     full. ``kv_budget_mb``: memory the expanded KV caches of one shared-prefix batch may take.
     """
 
+    concurrent = False  # one model in this process
+
     def __init__(
         self,
         path: str,
-        system_prompt: str | None = PRM_SYSTEM_PROMPT,
+        format: str = DEFAULT_FORMAT,
+        system_prompt: str | None = FORMAT_DEFAULT,
         template: str | dict | None = None,
         batch_size: int = 8,
         device: str | None = None,
@@ -388,7 +386,7 @@ class TransformersPRM(PRMScorer):
                 name,
                 max_num,
             )
-            self.fmt = PRMFormat(system_prompt=system_prompt, template=chat_template(name))
+            self.fmt = build_format(format, system_prompt=system_prompt, template=chat_template(name))
             self.inputs = _InternVLRemoteInputs(path, self.fmt, device, dtype, max_num)
         else:
             if template is not None:
@@ -396,7 +394,7 @@ class TransformersPRM(PRMScorer):
                     f"{path} is rendered with its own chat template; the template option applies "
                     "to remote-code checkpoints and LMDeploy /generate prompts only"
                 )
-            self.fmt = PRMFormat(system_prompt=system_prompt)
+            self.fmt = build_format(format, system_prompt=system_prompt)
             self.inputs = _NativeInputs(path, self.fmt, device, dtype, trust_remote_code, attn_implementation)
         self.model, self.tokenizer = self.inputs.model, self.inputs.tokenizer
         self.good_id = single_token(self.tokenizer, self.fmt.good_token)
@@ -419,7 +417,7 @@ class TransformersPRM(PRMScorer):
             "backend": "transformers",
             "checkpoint": checkpoint_id(path),
             "format": {
-                **asdict(PRMFormat(system_prompt=options["system_prompt"])),
+                **build_format(options["format"], system_prompt=options["system_prompt"]).identity(),
                 "template": asdict(chat_template(template)) if template is not None else None,
             },
             "max_num": options["max_num"],

@@ -42,21 +42,14 @@ import mimetypes
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from urllib.parse import urlsplit
 
 import httpx
 
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
-from vlmeval_prm.prm.conversation import (
-    PRM_SYSTEM_PROMPT,
-    PRMFormat,
-    build_conversation,
-    chat_messages,
-    chat_template,
-    render_prompt,
-)
+from vlmeval_prm.prm.conversation import chat_messages, chat_template
+from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, build_format
 from vlmeval_prm.prm.http import AsyncJSONClient, LoopThread, RawJSON, RequestFailed
 from vlmeval_prm.prm.pool import Server, ServerPool
 
@@ -210,7 +203,8 @@ class LMDeployPRM(PRMScorer):
     attempt; ``max_retries``/``backoff``: retries of connection errors, timeouts, 499 and 5xx.
     ``startup_timeout``: how long to wait for ``/health`` while a server loads, and for a live
     server when all are down. ``health_interval``/``health_timeout``: the health checks.
-    ``system_prompt``/``template``: see ``conversation.PRMFormat`` (the template frames /generate
+    ``format``: the PRM format (``prm.formats``; VisualPRM's by default), ``system_prompt``: the format's
+    own unless given, ``template``: see ``conversation.ChatTemplate`` (it frames /generate
     prompts; in chat mode the server applies its own, checked at start-up against ours). The API
     key comes from ``api_key`` or ``LMDEPLOY_API_KEY``; it is sent as a Bearer token, kept nowhere else.
     """
@@ -218,7 +212,8 @@ class LMDeployPRM(PRMScorer):
     def __init__(
         self,
         target: str,
-        system_prompt: str | None = PRM_SYSTEM_PROMPT,
+        format: str = DEFAULT_FORMAT,
+        system_prompt: str | None = FORMAT_DEFAULT,
         template: str | dict | None = None,
         mode: str = "auto",
         top_logprobs: int | None = None,
@@ -238,7 +233,7 @@ class LMDeployPRM(PRMScorer):
         if top_logprobs is not None and top_logprobs < 1:
             raise ValueError(f"top_logprobs must be >= 1, got {top_logprobs}")
         self.urls = server_urls(target)
-        self.fmt = PRMFormat(system_prompt=system_prompt, template=chat_template(template))
+        self.fmt = build_format(format, system_prompt=system_prompt, template=chat_template(template))
         self.skip_prefix_rows = skip_prefix_rows
         self._startup_timeout = startup_timeout
         self._ready: list[Server] = []  # connected before the mode was decided
@@ -304,9 +299,9 @@ class LMDeployPRM(PRMScorer):
         return {
             "backend": "lmdeploy",
             "model": served,
-            "format": asdict(
-                PRMFormat(system_prompt=options["system_prompt"], template=chat_template(options["template"]))
-            ),
+            "format": build_format(
+                options["format"], system_prompt=options["system_prompt"], template=chat_template(options["template"])
+            ).identity(),
             "mode": options["mode"],
             "top_logprobs": options["top_logprobs"],
         }
@@ -433,7 +428,7 @@ class LMDeployPRM(PRMScorer):
         """In chat mode the server renders the conversation with its chat template: refuse to score
         unless its prompt for a probe conversation has as many tokens as our own rendering (LMDeploy
         silently falls back to a plain ``base`` template when a checkpoint has none)."""
-        turns = build_conversation("What is 1 + 1?", ["1 + 1 = 2.", "The answer is 2."], 0, self.fmt)[:-1]
+        turns = self.fmt.conversation("What is 1 + 1?", ["1 + 1 = 2.", "The answer is 2."], 0)[:-1]
         ours = self.fmt.template.render(turns, IMAGE_TOKEN) + self.fmt.template.header("assistant")
         enc = await self._http.request("POST", f"{server.url}/v1/encode", {"input": ours, "add_bos": True})
         body = await self._http.request(
@@ -478,7 +473,7 @@ class LMDeployPRM(PRMScorer):
         return await asyncio.gather(*(self._score_generate(question, urls, steps, start) for steps in jobs))
 
     def _prompt(self, question: str, n_images: int, steps: list[str]) -> str:
-        return render_prompt(question, steps, n_images, self.fmt, image=IMAGE_TOKEN + "\n")
+        return self.fmt.render(question, steps, n_images, image=IMAGE_TOKEN + "\n")
 
     async def _rows_start(self, question: str, urls: list[str], steps: list[str]) -> int:
         """``logprob_start_len`` that skips the prefix every candidate shares (system turn, images,
@@ -486,9 +481,7 @@ class LMDeployPRM(PRMScorer):
         request for the prefix alone answers with ``prompt_tokens``. It only saves rows: if it
         fails, rows start at 0 and each candidate's own request meets whatever is wrong.
         """
-        prompt = self._prompt(question, len(urls), steps)
-        shared = f"{question}\n\n### Solution Process:\n"
-        payload = {"prompt": prompt[: prompt.index(shared) + len(shared)], "max_tokens": 1}
+        payload = {"prompt": self.fmt.prompt_head(question, len(urls), IMAGE_TOKEN + "\n"), "max_tokens": 1}
         if urls:
             payload["image_data"] = urls
         try:
@@ -533,7 +526,7 @@ class LMDeployPRM(PRMScorer):
 
     async def _score_chat(self, question: str, urls: list[str], steps: list[str]) -> StepScores:
         k = self.top_logprobs
-        turns = build_conversation(question, steps, len(urls), self.fmt)
+        turns = self.fmt.conversation(question, steps, len(urls))
         # the conversation up to each step's user turn; the server adds the assistant header
         calls = [
             self._chat_step(chat_messages(turns[: len(turns) - 2 * (len(steps) - i) + 1], urls), k)

@@ -1,0 +1,36 @@
+"""PRM formats: everything model-specific about what a PRM is shown and where its scores are read.
+
+A format is one class (``base.PRMFormat``) in one module here, registered below by name as a lazy
+``"module:Class"`` entry (lm-evaluation-harness's registry style: nothing is imported until a format is
+used). Backends and host code ask the format (``build_format``); none names a format's wording or tokens.
+Adding a format: one new module and one line in ``FORMATS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from vlmeval_prm.prm.formats.base import FORMAT_DEFAULT, PRMFormat
+
+__all__ = ["DEFAULT_FORMAT", "FORMATS", "FORMAT_DEFAULT", "PRMFormat", "build_format", "format_class"]
+
+#: name -> "module:Class", imported when used.
+FORMATS: dict[str, str] = {
+    "visualprm": "vlmeval_prm.prm.formats.visualprm:VisualPRMFormat",
+}
+#: The format of a PRM spec whose options name none (VisualPRM-8B's, the plugin's default PRM).
+DEFAULT_FORMAT = "visualprm"
+
+
+def format_class(name: str) -> type[PRMFormat]:
+    """The format registered as ``name``; ValueError listing the registered ones otherwise."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown PRM format {name!r}; registered formats: {', '.join(sorted(FORMATS))}")
+    module, _, cls = FORMATS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_format(name: str = DEFAULT_FORMAT, **fields) -> PRMFormat:
+    """Format ``name`` with ``fields`` (e.g. ``system_prompt``; ``FORMAT_DEFAULT`` keeps the format's own)."""
+    cls = format_class(name)
+    return cls(**{k: v for k, v in fields.items() if v is not FORMAT_DEFAULT and v != FORMAT_DEFAULT})

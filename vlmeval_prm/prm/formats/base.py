@@ -1,0 +1,51 @@
+"""The PRM format interface: the conversation a PRM is shown, its label tokens and its identity."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+from vlmeval_prm.prm.conversation import INTERNVL_IMAGE, ChatTemplate, Turn, build_messages
+
+#: An option value that keeps the format's own setting (e.g. its system prompt).
+FORMAT_DEFAULT = "format-default"
+
+
+@dataclass(frozen=True)
+class PRMFormat:
+    """What a PRM is shown (``conversation``) and where its score is read: the probability of
+    ``good_token`` against ``bad_token`` (a two-way softmax) at each assistant label. ``system_prompt=None``
+    sends no system turn; ``template`` frames turns where a backend renders text itself (a served
+    /generate prompt, a remote-code checkpoint)."""
+
+    name: ClassVar[str]
+    #: The backends that can score with this format.
+    backends: ClassVar[tuple[str, ...]] = ("transformers", "lmdeploy")
+
+    system_prompt: str | None = None
+    good_token: str = "+"
+    bad_token: str = "-"
+    template: ChatTemplate = field(default_factory=ChatTemplate)
+
+    def conversation(self, question: str, steps: Sequence[str], n_images: int) -> list[Turn]:
+        """The turns: per step, the turns up to and including its assistant label."""
+        raise NotImplementedError
+
+    def render(self, question: str, steps: Sequence[str], n_images: int, image: str = INTERNVL_IMAGE + "\n") -> str:
+        """The whole conversation as text in ``template``; ``image`` stands for one image (InternVL's
+        ``<image>\\n`` by default)."""
+        return self.template.render(self.conversation(question, steps, n_images), image)
+
+    def messages(self, question: str, steps: Sequence[str], n_images: int) -> list[dict]:
+        """HF chat messages (content parts) for a processor's own chat template."""
+        return build_messages(self.conversation(question, steps, n_images))
+
+    def prompt_head(self, question: str, n_images: int, image: str) -> str:
+        """The text every candidate's prompt starts with: all that comes before the first step."""
+        return os.path.commonprefix([self.render(question, [mark], n_images, image) for mark in ("\x00", "\x01")])
+
+    def identity(self) -> dict:
+        """What scores depend on, for the score store: the format's name and every field."""
+        return {"name": self.name, **asdict(self)}
