@@ -420,8 +420,64 @@ def build_gemma3(out: Path) -> None:
     _finish(Gemma3ForConditionalGeneration(config).float().eval(), tok, processor, out, seed=17)
 
 
+# -- Qwen2.5-VL (VL-PRM's architecture) --------------------------------------------------------------
+
+
+def build_qwen2_5_vl(out: Path) -> None:
+    """Qwen2_5_VLForConditionalGeneration (window attention in the vision tower, one full-attention block),
+    patch 14 and 2x2 merge as the real checkpoints (28 px per image token); the processor keeps the real
+    defaults (min 3136, max 12845056 pixels), so a PRM format's own pixel bounds decide the resize."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLVisionConfig,
+    )
+
+    vs, ve, ip, vp = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
+    tok = bpe_tokenizer([vs, ve, ip, vp])
+    ids = tok.convert_tokens_to_ids
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = _text(Qwen2_5_VLTextConfig, tok, **_rope(rope))
+    vision = Qwen2_5_VLVisionConfig(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=56,
+        out_hidden_size=64,
+        fullatt_block_indexes=[1],
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        image_token_id=ids(ip),
+        video_token_id=ids(vp),
+        vision_start_token_id=ids(vs),
+        vision_end_token_id=ids(ve),
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056),
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tok,
+        chat_template=chat_template(f"{vs}{ip}{ve}", f"{vs}{vp}{ve}"),
+    )
+    _finish(Qwen2_5_VLForConditionalGeneration(config).float().eval(), tok, processor, out, seed=17)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen2_vl": build_qwen2_vl,
+    "qwen2_5_vl": build_qwen2_5_vl,
     "llava_onevision": build_llava_onevision,
     "qwen3_vl": build_qwen3_vl,
     "paligemma": build_paligemma,

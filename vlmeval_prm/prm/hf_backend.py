@@ -43,7 +43,6 @@ from vlmeval_prm.loading import (
     _device_dtype,
     checkpoint_config,
     internvl_tiles,
-    load_images,
     load_model_and_processor,
     load_remote_code_model,
     uses_remote_code,
@@ -154,11 +153,12 @@ class _NativeInputs:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
     def images(self, paths: Sequence[str]):
-        return load_images(paths)
+        return [self.fmt.load_image(p) for p in paths]
 
     def encode(self, texts: list[str], images) -> dict:
         # right padding keeps every row's positions identical to scoring it alone
         kwargs = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": "right"}
+        kwargs.update(self.fmt.processor_kwargs)
         if images:
             kwargs["images"] = [list(images) for _ in texts]
         return dict(self.processor(**kwargs).to(self.model.device))

@@ -17,6 +17,7 @@ __all__ = ["DEFAULT_FORMAT", "FORMATS", "FORMAT_DEFAULT", "PRMFormat", "build_fo
 #: name -> "module:Class", imported when used.
 FORMATS: dict[str, str] = {
     "visualprm": "vlmeval_prm.prm.formats.visualprm:VisualPRMFormat",
+    "vl-prm": "vlmeval_prm.prm.formats.vl_prm:VLPRMFormat",
 }
 #: The format of a PRM spec whose options name none (VisualPRM-8B's, the plugin's default PRM).
 DEFAULT_FORMAT = "visualprm"

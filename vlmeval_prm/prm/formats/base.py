@@ -23,6 +23,8 @@ class PRMFormat:
     name: ClassVar[str]
     #: The backends that can score with this format.
     backends: ClassVar[tuple[str, ...]] = ("transformers", "lmdeploy")
+    #: Keyword arguments for an HF-native PRM's processor call (e.g. its pixel bounds).
+    processor_kwargs: ClassVar[dict] = {}
 
     system_prompt: str | None = None
     good_token: str = "+"
@@ -45,6 +47,12 @@ class PRMFormat:
     def prompt_head(self, question: str, n_images: int, image: str) -> str:
         """The text every candidate's prompt starts with: all that comes before the first step."""
         return os.path.commonprefix([self.render(question, [mark], n_images, image) for mark in ("\x00", "\x01")])
+
+    def load_image(self, path: str):
+        """One image as the PRM's own code opens it (PIL, RGB); ValueError naming the path if it cannot."""
+        from vlmeval_prm.loading import load_images
+
+        return load_images([path])[0]
 
     def identity(self) -> dict:
         """What scores depend on, for the score store: the format's name and every field."""
