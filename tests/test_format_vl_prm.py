@@ -114,7 +114,7 @@ def test_one_pass_scores_equal_its_per_step_passes(prm, images, n_images):
 
 
 def test_format_is_checked_before_any_work():
-    with pytest.raises(ValueError, match="unknown PRM format 'vl_prm'; registered formats: visualprm, vl-prm"):
+    with pytest.raises(ValueError, match="unknown PRM format 'vl_prm'; registered formats: mm-prm, visualprm, vl-prm"):
         validate_spec("transformers:tiny:prm", {"format": "vl_prm"})
     with pytest.raises(ValueError, match="the vl-prm format has no lmdeploy backend"):
         validate_spec("lmdeploy:http://127.0.0.1:9", {"format": "vl-prm"})

@@ -640,11 +640,15 @@ def _byte_symbols() -> list[str]:
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-def write_tokenizer(out: Path) -> dict:
-    """vocab.json, merges.txt (none) and tokenizer_config.json; returns the special token ids."""
+def write_tokenizer(out: Path, extra_tokens: tuple[tuple[str, bool], ...] = ()) -> dict:
+    """vocab.json, merges.txt (none) and tokenizer_config.json; returns the added token ids.
+    ``extra_tokens``: (token, special) added after the InternVL ones (a fine-tune's tokens, e.g. MM-PRM's
+    special ``<prm>``; ``Yes``/``No``, single pieces in InternLM2's real vocabulary, as plain added tokens)."""
     vocab = {symbol: b for b, symbol in enumerate(_byte_symbols())}
-    ids = {token: 256 + i for i, token in enumerate(SPECIAL_TOKENS)}
-    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    tokens = [(t, True) for t in SPECIAL_TOKENS] + list(extra_tokens)
+    ids = {token: 256 + i for i, (token, _) in enumerate(tokens)}
+    special = dict(tokens)
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
         "bos_token": None,
@@ -653,7 +657,9 @@ def write_tokenizer(out: Path) -> dict:
         "unk_token": None,
         "model_max_length": 8192,
         "clean_up_tokenization_spaces": False,
-        "added_tokens_decoder": {str(i): {"content": token, **flags} for token, i in ids.items()},
+        "added_tokens_decoder": {
+            str(i): {"content": token, **flags, "special": special[token]} for token, i in ids.items()
+        },
     }
     (out / "vocab.json").write_text(json.dumps(vocab))
     (out / "merges.txt").write_text("#version: 0.2\n")
@@ -661,11 +667,14 @@ def write_tokenizer(out: Path) -> dict:
     return ids
 
 
-def write_checkpoint(out: str | Path, unreproducible_buffer: bool = False) -> str:
+def write_checkpoint(
+    out: str | Path, unreproducible_buffer: bool = False, extra_tokens: tuple[tuple[str, bool], ...] = ()
+) -> str:
     """Write the stand-in checkpoint into ``out``; return its path.
 
     ``unreproducible_buffer``: the rotary module also registers a non-persistent buffer drawn with
-    ``torch.rand`` in ``__init__``, which no fresh build can reproduce.
+    ``torch.rand`` in ``__init__``, which no fresh build can reproduce. ``extra_tokens``: see
+    ``write_tokenizer``; the embeddings grow with them.
     """
     import torch
     from safetensors.torch import save_file
@@ -677,7 +686,7 @@ def write_checkpoint(out: str | Path, unreproducible_buffer: bool = False) -> st
         if unreproducible_buffer and name == "modeling_internlm2.py":
             text = text.replace("UNREPRODUCIBLE_BUFFER = False", "UNREPRODUCIBLE_BUFFER = True")
         (out / name).write_text(text.lstrip())
-    ids = write_tokenizer(out)
+    ids = write_tokenizer(out, extra_tokens)
     config = checkpoint_config(256 + len(ids), ids["<|endoftext|>"], ids["<|im_end|>"])
     (out / "config.json").write_text(json.dumps(config, indent=1))
 

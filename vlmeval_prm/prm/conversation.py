@@ -47,8 +47,12 @@ class ChatTemplate:
         return f"{self.turn_start}{role}{self.role_end}"
 
     def render(self, turns: Sequence[Turn], image: str) -> str:
-        """The prompt text; ``image`` is what stands for one image (e.g. ``"<image>\\n"``)."""
-        return "".join(f"{self.header(t.role)}{_text(t, image)}{self.turn_end}" for t in turns)
+        """The prompt text; ``image`` is what stands for one image (e.g. ``"<image>\\n"``). An empty turn is
+        its header alone, as InternVL's MPT-style ``get_prompt`` writes it (``if message: ... else: ret += role``)."""
+        return "".join(
+            f"{self.header(t.role)}{text}{self.turn_end}" if (text := _text(t, image)) else self.header(t.role)
+            for t in turns
+        )
 
 
 #: InternVL conversation-template names (``config.template`` of a remote-code checkpoint) we can render.

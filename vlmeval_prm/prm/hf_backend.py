@@ -50,7 +50,7 @@ from vlmeval_prm.loading import (
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
 from vlmeval_prm.prm.conversation import INTERNVL_IMAGE, chat_template
-from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, PRMFormat, build_format
+from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, PRMFormat, build_format, format_class
 
 log = get_logger(__name__)
 
@@ -75,13 +75,6 @@ def label_pattern(tokenizer, header: str, good: str) -> list[int]:
             f"{header!r}; a one-token label is required"
         )
     return ids
-
-
-def single_token(tokenizer, text: str) -> int:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(f"PRM tokenizer splits {text!r} into {len(ids)} tokens; a one-token label is required")
-    return ids[0]
 
 
 def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
@@ -137,7 +130,7 @@ class _NativeInputs:
             path, device, dtype, bool(trust_remote_code), attn_implementation
         )
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.pattern = label_pattern(self.tokenizer, self._assistant_header(), fmt.good_token)
+        self.pattern = None if fmt.marker else label_pattern(self.tokenizer, self._assistant_header(), fmt.good_token)
 
     def _assistant_header(self) -> str:
         """What the chat template puts before an assistant turn (e.g. "<|im_start|>assistant\\n")."""
@@ -236,7 +229,9 @@ class _InternVLRemoteInputs:
         self.model.img_context_token_id = self.context_id  # as InternVL's chat() sets it
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.pattern = label_pattern(self.tokenizer, fmt.template.header("assistant"), fmt.good_token)
+        self.pattern = (
+            None if fmt.marker else label_pattern(self.tokenizer, fmt.template.header("assistant"), fmt.good_token)
+        )
 
     def render(self, question: str, steps: list[str], n_images: int) -> str:
         return self.fmt.render(question, steps, n_images, image=INTERNVL_IMAGE + "\n")
@@ -321,6 +316,11 @@ class _InternVLRemoteInputs:
         ).last_hidden_state
 
 
+def tiles_per_image(format: str, max_num: int | None) -> int:
+    """InternVL tiles per image: ``max_num`` if given, else the format's own, else VLMEvalKit's default."""
+    return max_num or format_class(format).max_tiles or INTERNVL_MAX_TILES
+
+
 def checkpoint_id(path: str) -> str:
     """A checkpoint as a scorer identity names it: a tiny model with its recipe version (same
     weights wherever it is built), a local directory by its real path, a hub id as given."""
@@ -340,11 +340,11 @@ class TransformersPRM(PRMScorer):
     a batch that fails is retried one candidate at a time so one bad candidate cannot sink the
     others. ``trust_remote_code``: None (default) runs a checkpoint's own modelling code when its
     ``config.json`` names it (``auto_map``), False refuses such a checkpoint. ``max_num``: InternVL
-    tiles per image (remote-code checkpoints). ``template``: a name in ``conversation.TEMPLATES`` or
-    a dict of ``ChatTemplate`` fields, for a remote-code checkpoint whose ``config.template`` is not
-    one we know; an HF-native checkpoint always uses its own chat template. ``share_prefix``: prefill
-    the prefix the candidates share once (see the module docstring); False scores every candidate in
-    full. ``kv_budget_mb``: memory the expanded KV caches of one shared-prefix batch may take.
+    tiles per image (remote-code checkpoints; default: the format's, else 12). ``template``: a name in
+    ``conversation.TEMPLATES`` or a dict of ``ChatTemplate`` fields, for a remote-code checkpoint whose
+    ``config.template`` is not one we know; an HF-native checkpoint always uses its own chat template.
+    ``share_prefix``: prefill the prefix the candidates share once (see the module docstring); False scores
+    every candidate in full. ``kv_budget_mb``: memory the expanded KV caches of one shared-prefix batch may take.
     """
 
     concurrent = False  # one model in this process
@@ -360,7 +360,7 @@ class TransformersPRM(PRMScorer):
         dtype: str | None = None,
         trust_remote_code: bool | None = None,
         attn_implementation: str | None = None,
-        max_num: int = INTERNVL_MAX_TILES,
+        max_num: int | None = None,
         share_prefix: bool = True,
         kv_budget_mb: float = KV_BUDGET_MB,
     ):
@@ -380,6 +380,7 @@ class TransformersPRM(PRMScorer):
                     "run with trust_remote_code=True (or leave it unset) to load it"
                 )
             name = template if template is not None else config.get("template")
+            max_num = tiles_per_image(format, max_num)
             log.info(
                 "loading %s with its own modelling code (trust_remote_code; %s template, %d tiles per image)",
                 path,
@@ -397,8 +398,8 @@ class TransformersPRM(PRMScorer):
             self.fmt = build_format(format, system_prompt=system_prompt)
             self.inputs = _NativeInputs(path, self.fmt, device, dtype, trust_remote_code, attn_implementation)
         self.model, self.tokenizer = self.inputs.model, self.inputs.tokenizer
-        self.good_id = single_token(self.tokenizer, self.fmt.good_token)
-        self.bad_id = single_token(self.tokenizer, self.fmt.bad_token)
+        self.good_id, self.bad_id = self.fmt.label_ids(self.tokenizer)
+        self.marker_id = self.fmt.marker_id(self.tokenizer) if self.fmt.marker else None
         self.max_length = getattr(self.tokenizer, "model_max_length", None)
         why_not = self.inputs.can_share() if share_prefix else None
         if why_not:
@@ -420,9 +421,16 @@ class TransformersPRM(PRMScorer):
                 **build_format(options["format"], system_prompt=options["system_prompt"]).identity(),
                 "template": asdict(chat_template(template)) if template is not None else None,
             },
-            "max_num": options["max_num"],
+            "max_num": tiles_per_image(options["format"], options["max_num"]),
             "dtype": str(_device_dtype(options["device"], options["dtype"])[1]).removeprefix("torch."),
         }
+
+    def read_positions(self, input_ids: Sequence[int]) -> list[int]:
+        """The positions whose logits hold the steps' scores: the format's marker token after each step
+        (MM-PRM's ``<prm>``), else the position before each assistant label (it predicts the label)."""
+        if self.marker_id is not None:
+            return [i for i, t in enumerate(input_ids) if t == self.marker_id]
+        return [p - 1 for p in self.placeholder_positions(input_ids)]
 
     def placeholder_positions(self, input_ids: Sequence[int]) -> list[int]:
         """Positions of every assistant "+" placeholder (the last token of each header + label match)."""
@@ -489,11 +497,11 @@ class TransformersPRM(PRMScorer):
         bump("prm_prefill_tokens", int(sum(lengths)))
         out = []
         for row, steps in enumerate(batch):
-            pos = self.placeholder_positions(inputs["input_ids"][row].tolist())
+            pos = self.read_positions(inputs["input_ids"][row].tolist())
             if len(pos) != len(steps):
                 out.append(failed(steps, f"found {len(pos)} score placeholders for {len(steps)} steps"))
                 continue
-            pair = logits[row, [p - 1 for p in pos]][:, [self.good_id, self.bad_id]]
+            pair = logits[row, pos][:, [self.good_id, self.bad_id]]
             out.append(StepScores(steps=steps, scores=torch.softmax(pair, dim=-1)[:, 0].tolist()))
         return out
 
@@ -508,11 +516,11 @@ class TransformersPRM(PRMScorer):
             if self.max_length and len(ids) > self.max_length:
                 out[i] = failed(steps, f"context length exceeded: {len(ids)} > {self.max_length} tokens")
                 continue
-            pos = self.placeholder_positions(ids)
+            pos = self.read_positions(ids)
             if len(pos) != len(steps):
                 out[i] = failed(steps, f"found {len(pos)} score placeholders for {len(steps)} steps")
                 continue
-            reads[i] = [p - 1 for p in pos]
+            reads[i] = pos
         if len(reads) < 2:
             return out
         # every token the candidates share; the image tokens must all be in it

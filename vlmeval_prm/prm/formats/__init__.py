@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_FORMAT", "FORMATS", "FORMAT_DEFAULT", "PRMFormat", "build_fo
 FORMATS: dict[str, str] = {
     "visualprm": "vlmeval_prm.prm.formats.visualprm:VisualPRMFormat",
     "vl-prm": "vlmeval_prm.prm.formats.vl_prm:VLPRMFormat",
+    "mm-prm": "vlmeval_prm.prm.formats.mm_prm:MMPRMFormat",
 }
 #: The format of a PRM spec whose options name none (VisualPRM-8B's, the plugin's default PRM).
 DEFAULT_FORMAT = "visualprm"

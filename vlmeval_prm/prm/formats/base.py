@@ -13,6 +13,13 @@ from vlmeval_prm.prm.conversation import INTERNVL_IMAGE, ChatTemplate, Turn, bui
 FORMAT_DEFAULT = "format-default"
 
 
+def single_token(tokenizer, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"PRM tokenizer splits {text!r} into {len(ids)} tokens; a one-token label is required")
+    return ids[0]
+
+
 @dataclass(frozen=True)
 class PRMFormat:
     """What a PRM is shown (``conversation``) and where its score is read: the probability of
@@ -25,6 +32,11 @@ class PRMFormat:
     backends: ClassVar[tuple[str, ...]] = ("transformers", "lmdeploy")
     #: Keyword arguments for an HF-native PRM's processor call (e.g. its pixel bounds).
     processor_kwargs: ClassVar[dict] = {}
+    #: The token after each step at whose position its score is read (MM-PRM's ``<prm>``); None: the
+    #: position before each assistant label, whose logits predict it (VisualPRM).
+    marker: ClassVar[str | None] = None
+    #: InternVL tiles per image for remote-code checkpoints (None: the backend's default).
+    max_tiles: ClassVar[int | None] = None
 
     system_prompt: str | None = None
     good_token: str = "+"
@@ -47,6 +59,17 @@ class PRMFormat:
     def prompt_head(self, question: str, n_images: int, image: str) -> str:
         """The text every candidate's prompt starts with: all that comes before the first step."""
         return os.path.commonprefix([self.render(question, [mark], n_images, image) for mark in ("\x00", "\x01")])
+
+    def label_ids(self, tokenizer) -> tuple[int, int]:
+        """The token ids of the good and the bad label (one token each) in the PRM's tokenizer."""
+        return single_token(tokenizer, self.good_token), single_token(tokenizer, self.bad_token)
+
+    def marker_id(self, tokenizer) -> int:
+        """The token id of ``marker``; ValueError if the tokenizer has no such token."""
+        found = tokenizer.convert_tokens_to_ids(self.marker)
+        if found is None or found == tokenizer.unk_token_id:
+            raise ValueError(f"the PRM tokenizer has no {self.marker!r} token, which the {self.name} format scores at")
+        return found
 
     def load_image(self, path: str):
         """One image as the PRM's own code opens it (PIL, RGB); ValueError naming the path if it cannot."""
