@@ -141,6 +141,9 @@ class _NativeInputs:
             raise ValueError("cannot find the assistant header of the PRM's chat template")
         return with_prompt[len(without) :]
 
+    def logits(self, inputs: dict):
+        return self.model(**inputs).logits.float()
+
     def render(self, question: str, steps: list[str], n_images: int) -> str:
         messages = self.fmt.messages(question, steps, n_images)
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
@@ -233,6 +236,9 @@ class _InternVLRemoteInputs:
             None if fmt.marker else label_pattern(self.tokenizer, fmt.template.header("assistant"), fmt.good_token)
         )
 
+    def logits(self, inputs: dict):
+        return self.model(**inputs).logits.float()
+
     def render(self, question: str, steps: list[str], n_images: int) -> str:
         return self.fmt.render(question, steps, n_images, image=INTERNVL_IMAGE + "\n")
 
@@ -321,6 +327,39 @@ def tiles_per_image(format: str, max_num: int | None) -> int:
     return max_num or format_class(format).max_tiles or INTERNVL_MAX_TILES
 
 
+class _TextInputs:
+    """A text PRM with a classification head (``AutoModel``, its own code when ``auto_map`` names it, as its
+    card loads it): the conversation through its tokenizer's chat template, no images."""
+
+    def __init__(self, path: str, fmt: PRMFormat, device, dtype):
+        self.fmt = fmt
+        self.model, self.tokenizer = load_remote_code_model(path, device, dtype)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pattern = None
+        self._told = False
+
+    def render(self, question: str, steps: list[str], n_images: int) -> str:
+        messages = [{"role": t.role, "content": "".join(t.parts)} for t in self.fmt.conversation(question, steps, 0)]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    def images(self, paths: Sequence[str]):
+        if paths and not self._told:
+            log.warning("%s is a text PRM: the questions' images are not shown to it", self.fmt.name)
+            self._told = True
+        return None
+
+    def encode(self, texts: list[str], images) -> dict:
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+        return {k: v.to(self.model.device) for k, v in enc.items() if k in _TEXT_KEYS}
+
+    def logits(self, inputs: dict):
+        return self.model(**inputs)[0].float()
+
+    def can_share(self) -> str | None:
+        return "a text PRM with a classification head is scored in full"
+
+
 def checkpoint_id(path: str) -> str:
     """A checkpoint as a scorer identity names it: a tiny model with its recipe version (same
     weights wherever it is built), a local directory by its real path, a hub id as given."""
@@ -373,7 +412,12 @@ class TransformersPRM(PRMScorer):
         self.batch_size = batch_size
         self.kv_budget = kv_budget_mb * 2**20
         config = checkpoint_config(path)
-        if uses_remote_code(config):
+        if format_class(format).text_only:
+            if template is not None:
+                raise ValueError(f"{path} is rendered with its own chat template; drop the template option")
+            self.fmt = build_format(format, system_prompt=system_prompt)
+            self.inputs = _TextInputs(path, self.fmt, device, dtype)
+        elif uses_remote_code(config):
             if trust_remote_code is False:
                 raise ValueError(
                     f"{path} needs its own modelling code ({config.get('auto_map')}); "
@@ -398,7 +442,7 @@ class TransformersPRM(PRMScorer):
             self.fmt = build_format(format, system_prompt=system_prompt)
             self.inputs = _NativeInputs(path, self.fmt, device, dtype, trust_remote_code, attn_implementation)
         self.model, self.tokenizer = self.inputs.model, self.inputs.tokenizer
-        self.good_id, self.bad_id = self.fmt.label_ids(self.tokenizer)
+        self.good_id, self.bad_id = self.fmt.label_ids(self.tokenizer) or (None, None)
         self.marker_id = self.fmt.marker_id(self.tokenizer) if self.fmt.marker else None
         self.max_length = getattr(self.tokenizer, "model_max_length", None)
         why_not = self.inputs.can_share() if share_prefix else None
@@ -491,7 +535,7 @@ class TransformersPRM(PRMScorer):
                 raise ValueError(f"candidates {too_long} exceed the context length")
             return [failed(batch[0], f"context length exceeded: {lengths[0]} > {self.max_length} tokens")]
         with torch.inference_mode():
-            logits = self.model(**inputs).logits.float()
+            logits = self.inputs.logits(inputs)
         bump("prm_forward_passes")
         bump("prm_sequences", len(batch))
         bump("prm_prefill_tokens", int(sum(lengths)))
@@ -501,8 +545,7 @@ class TransformersPRM(PRMScorer):
             if len(pos) != len(steps):
                 out.append(failed(steps, f"found {len(pos)} score placeholders for {len(steps)} steps"))
                 continue
-            pair = logits[row, pos][:, [self.good_id, self.bad_id]]
-            out.append(StepScores(steps=steps, scores=torch.softmax(pair, dim=-1)[:, 0].tolist()))
+            out.append(StepScores(steps=steps, scores=self.fmt.probability(logits[row, pos], self._labels()).tolist()))
         return out
 
     def _score_shared(self, question: str, images, n_images: int, batch: list[list[str]]) -> list[StepScores | None]:
@@ -555,10 +598,12 @@ class TransformersPRM(PRMScorer):
             out[i] = StepScores(steps=batch[i], scores=[shared_scores[r] for r in reads[i] if r < prefix] + values)
         return out
 
+    def _labels(self) -> tuple[int, int] | None:
+        return None if self.fmt.head else (self.good_id, self.bad_id)
+
     def _p_good(self, hidden) -> list[float]:
-        """P(+) from last hidden states: the head on those rows only, softmax over the two labels."""
-        pair = self.inputs.head(hidden)[:, [self.good_id, self.bad_id]].float()
-        return self._torch.softmax(pair, dim=-1)[:, 0].tolist()
+        """Step scores from last hidden states: the head on those rows only, read as the format says."""
+        return self.fmt.probability(self.inputs.head(hidden), self._labels()).tolist()
 
     def _extend(self, cache, prefix: int, rows: list[list[int]], reads: list[list[int]]) -> list[list[float]]:
         """One forward of the candidates' own tokens (right-padded) over the expanded prefix cache.

@@ -19,6 +19,7 @@ FORMATS: dict[str, str] = {
     "visualprm": "vlmeval_prm.prm.formats.visualprm:VisualPRMFormat",
     "vl-prm": "vlmeval_prm.prm.formats.vl_prm:VLPRMFormat",
     "mm-prm": "vlmeval_prm.prm.formats.mm_prm:MMPRMFormat",
+    "qwen-math-prm": "vlmeval_prm.prm.formats.qwen_math_prm:QwenMathPRMFormat",
 }
 #: The format of a PRM spec whose options name none (VisualPRM-8B's, the plugin's default PRM).
 DEFAULT_FORMAT = "visualprm"

@@ -37,6 +37,11 @@ class PRMFormat:
     marker: ClassVar[str | None] = None
     #: InternVL tiles per image for remote-code checkpoints (None: the backend's default).
     max_tiles: ClassVar[int | None] = None
+    #: How a score comes out of the logits at a read position: None, a two-way softmax over the label
+    #: tokens (P(good)); "softmax", a two-class classification head's softmax (P of class 1).
+    head: ClassVar[str | None] = None
+    #: A text PRM: shown no images (loaded with ``AutoModel`` and its tokenizer's chat template).
+    text_only: ClassVar[bool] = False
 
     system_prompt: str | None = None
     good_token: str = "+"
@@ -60,9 +65,20 @@ class PRMFormat:
         """The text every candidate's prompt starts with: all that comes before the first step."""
         return os.path.commonprefix([self.render(question, [mark], n_images, image) for mark in ("\x00", "\x01")])
 
-    def label_ids(self, tokenizer) -> tuple[int, int]:
-        """The token ids of the good and the bad label (one token each) in the PRM's tokenizer."""
+    def label_ids(self, tokenizer) -> tuple[int, int] | None:
+        """The token ids of the good and the bad label (one token each) in the PRM's tokenizer; None for a
+        format read from a head."""
+        if self.head:
+            return None
         return single_token(tokenizer, self.good_token), single_token(tokenizer, self.bad_token)
+
+    def probability(self, logits, labels: tuple[int, int] | None):
+        """Step scores from the logits at the read positions ([steps, vocab or classes])."""
+        import torch
+
+        if self.head == "softmax":
+            return torch.softmax(logits.float(), dim=-1)[:, 1]
+        return torch.softmax(logits[:, list(labels)].float(), dim=-1)[:, 0]
 
     def marker_id(self, tokenizer) -> int:
         """The token id of ``marker``; ValueError if the tokenizer has no such token."""

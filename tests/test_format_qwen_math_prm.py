@@ -1,0 +1,93 @@
+"""The ``qwen-math-prm`` format (Qwen2.5-Math-PRM, text only) against its published scoring code: the model
+card of Qwen/Qwen2.5-Math-PRM-7B (README: the messages and ``make_step_rewards``, transcribed below) and
+vLLM's port of its weights (``vllm/model_executor/models/qwen2_rm.py``, 0.34.0 62d4bc3c7: the two-layer
+head). The checkpoint cannot be downloaded here: tests/standins/qwen2_rm_remote.py stands in for it.
+"""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from standins.qwen2_rm_remote import write_checkpoint
+from vlmeval_prm.prm.formats.qwen_math_prm import QWEN_MATH_SYSTEM_PROMPT
+from vlmeval_prm.prm.hf_backend import TransformersPRM
+
+QUESTION = "Sue has 3 apples and buys 4 more. How many apples does she have?"
+SOLUTIONS = [["She starts with 3.", "3 + 4 = 7.", "The answer is \\boxed{7}."], ["3 + 4 = 8.", "\\boxed{8}"]]
+
+
+@pytest.fixture(scope="module")
+def prm(tmp_path_factory):
+    return TransformersPRM(write_checkpoint(tmp_path_factory.mktemp("qwen_prm")), format="qwen-math-prm")
+
+
+def test_golden_conversation(prm):
+    """The card's messages through the chat template, no generation prompt: steps joined by <extra_0>,
+    one more after the last."""
+    assert prm.inputs.render(QUESTION, SOLUTIONS[1], 0) == (
+        f"<|im_start|>system\n{QWEN_MATH_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{QUESTION}<|im_end|>\n"
+        "<|im_start|>assistant\n3 + 4 = 8.<extra_0>\\boxed{8}<extra_0><|im_end|>\n"
+    )
+    assert QWEN_MATH_SYSTEM_PROMPT == "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def make_step_rewards(logits, token_masks):
+    """Verbatim from the model card."""
+    probabilities = F.softmax(logits, dim=-1)
+    probabilities = probabilities * token_masks.unsqueeze(-1)  # bs, seq_len, num_labels
+
+    all_scores_res = []
+    for i in range(probabilities.size(0)):
+        sample = probabilities[i]  # seq_len, num_labels
+        positive_probs = sample[sample != 0].view(-1, 2)[:, 1]  # valid_tokens, num_labels
+        non_zero_elements_list = positive_probs.cpu().tolist()
+        all_scores_res.append(non_zero_elements_list)
+    return all_scores_res
+
+
+def reference_scores(prm, steps: list[str]) -> list[float]:
+    """The card's recipe: apply_chat_template of its messages, encode, one forward, make_step_rewards."""
+    tokenizer, model = prm.tokenizer, prm.model
+    messages = [
+        {"role": "system", "content": QWEN_MATH_SYSTEM_PROMPT},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"},
+    ]
+    conversation_str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    input_ids = tokenizer.encode(conversation_str, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(input_ids=input_ids)
+    step_sep_id = tokenizer.encode("<extra_0>")[0]
+    return make_step_rewards(outputs[0], input_ids == step_sep_id)[0]
+
+
+def test_scores_equal_the_cards_recipe(prm):
+    got = prm.score(QUESTION, [], SOLUTIONS)  # one batch, right-padded
+    for res, steps in zip(got, SOLUTIONS):
+        assert res.ok, res.error
+        assert res.scores == pytest.approx(reference_scores(prm, steps), abs=1e-6)
+    assert len({round(s, 4) for s in got[0].scores}) == 3  # every step read at its own separator
+
+
+def test_images_are_not_shown_and_that_is_said(prm, tmp_path, caplog):
+    path = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), "red").save(path)
+    with caplog.at_level(logging.WARNING):
+        with_image = prm.score(QUESTION, [str(path)], SOLUTIONS[:1])[0]
+    assert with_image.scores == pytest.approx(prm.score(QUESTION, [], SOLUTIONS[:1])[0].scores, abs=1e-7)
+    assert "qwen-math-prm is a text PRM: the questions' images are not shown to it" in caplog.text
+
+
+def test_prms_lists_every_format_with_its_backends(capsys):
+    import json
+
+    from vlmeval_prm.host import cli
+
+    assert cli.main(["prms", "--json"]) == 0
+    rows = {r["format"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == ["mm-prm", "qwen-math-prm", "visualprm", "vl-prm"]
+    assert rows["visualprm"]["default"] and rows["visualprm"]["backends"] == ["transformers", "lmdeploy"]
+    assert rows["qwen-math-prm"]["backends"] == ["transformers"]
