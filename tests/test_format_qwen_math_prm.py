@@ -91,3 +91,13 @@ def test_prms_lists_every_format_with_its_backends(capsys):
     assert sorted(rows) == ["mm-prm", "qwen-math-prm", "visualprm", "vl-prm"]
     assert rows["visualprm"]["default"] and rows["visualprm"]["backends"] == ["transformers", "lmdeploy"]
     assert rows["qwen-math-prm"]["backends"] == ["transformers"]
+
+
+def test_check_prm_passes_with_the_format(prm, capsys):
+    from vlmeval_prm.host import cli
+
+    path = prm.identity.removeprefix("transformers:")
+    assert cli.main(["check-prm", f"transformers:{path}", "--options", '{"format": "qwen-math-prm"}']) == 0
+    out = capsys.readouterr().out
+    assert "the qwen-math-prm format reads its softmax head at each '<extra_0>'" in out
+    assert "verdict: PASS" in out and "P(class 1) per step" in out

@@ -195,10 +195,12 @@ def check_buffers(scorer, checkpoint: str) -> Check:
     non-persistent buffers with the checkpoint's own code and repairs what differs: when loading did
     its job nothing changes, and a buffer it changes was wrong after loading. Raises nothing: a
     ``RemoteCodeError`` (a buffer that cannot be verified) is the failure's reason."""
-    from vlmeval_prm.prm.hf_backend import _InternVLRemoteInputs
+    from vlmeval_prm.prm.hf_backend import _InternVLRemoteInputs, _TextInputs
 
     model = scorer.model
-    if not isinstance(scorer.inputs, _InternVLRemoteInputs):
+    if not isinstance(scorer.inputs, (_InternVLRemoteInputs, _TextInputs)) or not getattr(
+        model.config, "auto_map", None
+    ):
         return Check(
             "PASS",
             f"not applicable: {type(model).__name__} is a transformers class, not the checkpoint's own "
@@ -239,6 +241,12 @@ def check_buffers(scorer, checkpoint: str) -> Check:
 
 def check_labels_local(scorer) -> Check:
     fmt, tok = scorer.fmt, scorer.tokenizer
+    if fmt.head:
+        return Check(
+            "PASS",
+            f"no label tokens: the {fmt.name} format reads its {fmt.head} head at each {fmt.marker!r} "
+            f"(token {scorer.marker_id} in the PRM's tokenizer)",
+        )
     good, bad = scorer.good_id, scorer.bad_id
     unk = getattr(tok, "unk_token_id", None)
     if good == bad:
@@ -284,7 +292,8 @@ def check_score(scorer, image: str, n_copies: int = 1) -> tuple[Check, list]:
         if bad:
             return Check("FAIL", f"P(+) outside [0, 1] or not finite: {bad}"), results
     first = results[0]
-    reason = f"P(+) per step: {', '.join(f'{s:.4f}' for s in first.scores)} ({len(steps)} steps)"
+    label = "P(class 1)" if scorer.fmt.head else f"P({scorer.fmt.good_token})"
+    reason = f"{label} per step: {', '.join(f'{s:.4f}' for s in first.scores)} ({len(steps)} steps)"
     if first.bounds:
         n = sum(b is not None for b in first.bounds)
         reason += (
