@@ -32,10 +32,10 @@ from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
 from vlmeval_prm.policy.base import permanent_failure
 from vlmeval_prm.prm import build_scorer, identity_from_server, scorer_identity, validate_spec
+from vlmeval_prm.prm.formats import DEFAULT_FORMAT, format_class
 from vlmeval_prm.remote_code import prepare_policy
 from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 from vlmeval_prm.select.strategies import Candidate, get_strategy, pick
-from vlmeval_prm.steps import split_steps
 from vlmeval_prm.store.jsonl import CandidateStore, SampleRecords
 from vlmeval_prm.store.records import CandidateRecord, SampleRecord, ScoreRecord, Summary, digest
 
@@ -213,6 +213,8 @@ class BestOfN(BaseModel):
         self.prm_spec = prm or os.environ.get(SPEC_ENV) or DEFAULT_PRM_SPEC
         self.prm_options = dict(prm_options or {})
         validate_spec(self.prm_spec, self.prm_options)  # a bad spec fails here, before any sampling
+        #: How candidates are cut into the steps the PRM scores: its format's rule.
+        self.prm_format = format_class(self.prm_options.get("format", DEFAULT_FORMAT))()
         self.sampling = SamplingConfig(
             temperature=temperature,
             top_p=top_p,
@@ -431,7 +433,7 @@ class BestOfN(BaseModel):
                     store.path,
                     ", ".join(changed(other.meta.get("identity"), identity)) or "unknown",
                 )
-            todo.append((i, split_steps(text, self.max_steps)))
+            todo.append((i, self.prm_format.split(text, self.max_steps)))
         if not todo:
             return
         results = self.prm.score(question, images, [steps for _, steps in todo], mode=mode)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 from vlmeval_prm.prm.conversation import INTERNVL_IMAGE, ChatTemplate, Turn, build_messages
+from vlmeval_prm.steps import split_steps
 
 #: An option value that keeps the format's own setting (e.g. its system prompt).
 FORMAT_DEFAULT = "format-default"
@@ -47,6 +48,10 @@ class PRMFormat:
     good_token: str = "+"
     bad_token: str = "-"
     template: ChatTemplate = field(default_factory=ChatTemplate)
+
+    def split(self, response: str | None, max_steps: int) -> list[str]:
+        """The steps this PRM scores in a response: VisualPRM's blank-line rule by default (``steps.py``)."""
+        return split_steps(response, max_steps)
 
     def conversation(self, question: str, steps: Sequence[str], n_images: int) -> list[Turn]:
         """The turns: per step, the turns up to and including its assistant label."""
