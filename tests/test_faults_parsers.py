@@ -199,7 +199,7 @@ def test_prm_spec_parses_or_says_why(spec):
     except ValueError as exc:
         assert repr(spec) in str(exc)
     else:
-        assert backend in ("transformers", "lmdeploy") and isinstance(target, str)
+        assert backend in ("transformers", "lmdeploy", "vllm") and isinstance(target, str)
 
 
 #: What an environment variable can hold (no NUL, no lone surrogate).

@@ -90,7 +90,7 @@ def test_prms_lists_every_format_with_its_backends(capsys):
     rows = {r["format"]: r for r in json.loads(capsys.readouterr().out)}
     assert sorted(rows) == ["mm-prm", "qwen-math-prm", "visualprm", "vl-prm"]
     assert rows["visualprm"]["default"] and rows["visualprm"]["backends"] == ["transformers", "lmdeploy"]
-    assert rows["qwen-math-prm"]["backends"] == ["transformers"]
+    assert rows["qwen-math-prm"]["backends"] == ["transformers", "vllm"]
 
 
 def test_check_prm_passes_with_the_format(prm, capsys):
@@ -101,3 +101,65 @@ def test_check_prm_passes_with_the_format(prm, capsys):
     out = capsys.readouterr().out
     assert "the qwen-math-prm format reads its softmax head at each '<extra_0>'" in out
     assert "verdict: PASS" in out and "P(class 1) per step" in out
+
+
+# -- served by vLLM ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_server(prm):
+    """``vllm serve`` stand-in (vLLM has no CPU build here): tests/standins/vllm_standin.py, vLLM 0.34's schema."""
+    from standins.vllm_standin import serve_vllm_standin
+
+    with serve_vllm_standin(prm.identity.removeprefix("transformers:")) as served:
+        yield served
+
+
+def test_vllm_scores_equal_in_process_scores(prm, vllm_server):
+    from vlmeval_prm.prm import build_scorer
+
+    url, seen = vllm_server
+    scorer = build_scorer(f"vllm:{url}", format="qwen-math-prm")
+    try:
+        got = scorer.score(QUESTION, [], SOLUTIONS)
+    finally:
+        scorer.close()
+    for res, ref in zip(got, prm.score(QUESTION, [], SOLUTIONS)):
+        assert res.ok, res.error
+        assert res.scores == pytest.approx(ref.scores, abs=1e-6)
+    bodies = seen.requests[-2:]
+    assert all(b["task"] == "token_classify" and b["model"] == "Qwen/Qwen2.5-Math-PRM-7B" for b in bodies)
+    last_turns = [b["messages"][-1] for b in bodies]
+    assert {"role": "assistant", "content": "3 + 4 = 8.<extra_0>\\boxed{8}<extra_0>"} in last_turns
+
+
+def test_a_failed_pooling_request_is_a_recorded_failure(vllm_server):
+    from vlmeval_prm.prm import build_scorer
+
+    url, seen = vllm_server
+    scorer = build_scorer(f"vllm:{url}", format="qwen-math-prm", max_retries=0)
+    try:
+        seen.fail_next = 1
+        (res,) = scorer.score(QUESTION, [], SOLUTIONS[:1])
+    finally:
+        scorer.close()
+    assert res.scores is None and "500" in res.error and res.transient
+
+
+def test_vllm_identity_is_the_served_model_and_the_format(vllm_server):
+    from vlmeval_prm.prm import scorer_identity
+    from vlmeval_prm.store.records import digest
+
+    url, _ = vllm_server
+    one = scorer_identity(f"vllm:{url}", {"format": "qwen-math-prm"})
+    assert one["backend"] == "vllm" and one["model"] == "Qwen/Qwen2.5-Math-PRM-7B"
+    assert one["format"]["name"] == "qwen-math-prm"
+    other = scorer_identity(f"vllm:{url}", {"format": "qwen-math-prm", "system_prompt": "Check each step."})
+    assert digest(one) != digest(other)  # another prompt: the store rescores
+
+
+def test_formats_without_a_vllm_reader_are_refused_up_front():
+    from vlmeval_prm.prm import validate_spec
+
+    with pytest.raises(ValueError, match="the visualprm format has no vllm backend"):
+        validate_spec("vllm:http://127.0.0.1:9", {"format": "visualprm"})

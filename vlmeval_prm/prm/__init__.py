@@ -1,7 +1,8 @@
 """PRM backends behind one interface, chosen by a spec string ``<backend>:<target>``.
 
 ``transformers:/path/or/hub-id`` loads the PRM in-process (HF-native or remote-code InternVL
-checkpoints); ``lmdeploy:http://host:23333`` (several URLs separated by commas) talks to served PRMs.
+checkpoints); ``lmdeploy:http://host:23333`` (several URLs separated by commas) talks to served PRMs,
+``vllm:http://host:8000`` to vLLM pooling servers (head-read formats).
 A spec without a backend prefix is taken as ``transformers:<spec>``.
 """
 
@@ -21,6 +22,7 @@ log = get_logger(__name__)
 BACKENDS: dict[str, str] = {
     "transformers": "vlmeval_prm.prm.hf_backend:TransformersPRM",
     "lmdeploy": "vlmeval_prm.prm.lmdeploy_backend:LMDeployPRM",
+    "vllm": "vlmeval_prm.prm.vllm_backend:VLLMPRM",
 }
 
 #: A hub model id: "name" or "owner/name" (what is not a local directory must look like this).
@@ -150,5 +152,11 @@ def _check_servers(target: str, options: dict) -> None:
             )
 
 
+def _check_vllm_servers(target: str, options: dict) -> None:
+    from vlmeval_prm.prm.lmdeploy_backend import server_urls
+
+    server_urls(target)
+
+
 #: backend -> check of its target (and options), run by validate_spec.
-_CHECKS = {"transformers": _check_checkpoint, "lmdeploy": _check_servers}
+_CHECKS = {"transformers": _check_checkpoint, "lmdeploy": _check_servers, "vllm": _check_vllm_servers}

@@ -274,7 +274,13 @@ class AsyncJSONClient:
         return None if resp.status_code == 200 else f"/health answered HTTP {resp.status_code} ({_error_text(resp)})"
 
     async def wait_healthy(
-        self, base_url: str, timeout: float, interval: float = 1.0, report_every: float = WAIT_REPORT_INTERVAL
+        self,
+        base_url: str,
+        timeout: float,
+        interval: float = 1.0,
+        report_every: float = WAIT_REPORT_INTERVAL,
+        server: str = "LMDeploy",
+        command: str = "lmdeploy serve api_server",
     ) -> None:
         """Poll ``/health`` until it answers 200. LMDeploy keeps its port closed while loading weights
         and answers 503 until its engine is healthy; both count as "not yet" for up to ``timeout`` s.
@@ -292,17 +298,18 @@ class AsyncJSONClient:
                 )
             if last is None:
                 if next_report > start:
-                    log.info("LMDeploy server at %s is up", base_url)
+                    log.info("%s server at %s is up", server, base_url)
                 return
             now = time.monotonic()
             if now - start >= timeout:
                 raise RuntimeError(
-                    f"LMDeploy server at {base_url} is not healthy after {timeout:.0f}s: {last}. Is "
-                    "`lmdeploy serve api_server` running there and done loading the model?"
+                    f"{server} server at {base_url} is not healthy after {timeout:.0f}s: {last}. Is "
+                    f"`{command}` running there and done loading the model?"
                 )
             if now >= next_report:
                 log.info(
-                    "waiting for the LMDeploy server at %s (%.0f of %.0fs; still loading?): %s",
+                    "waiting for the %s server at %s (%.0f of %.0fs; still loading?): %s",
+                    server,
                     base_url,
                     now - start,
                     timeout,

@@ -94,10 +94,13 @@ def model_name(models: dict) -> str:
     return models["data"][0]["id"]
 
 
-def served_model(urls: list[str], api_key: str | None, timeout: float, wait: float) -> str:
+def served_model(
+    urls: list[str], api_key: str | None, timeout: float, wait: float, key_env: str = "LMDEPLOY_API_KEY"
+) -> str:
     """The model the servers serve, as the first to answer ``GET /v1/models`` names it (one request
-    when a server is up). Waits up to ``wait`` s for one to answer, as scoring would."""
-    key = api_key_of(api_key)
+    when a server is up). Waits up to ``wait`` s for one to answer, as scoring would. The key is
+    ``api_key``, else ``$key_env``."""
+    key = api_key or os.environ.get(key_env) or None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     deadline, waiting = time.monotonic() + wait, False
     while True:
@@ -109,7 +112,7 @@ def served_model(urls: list[str], api_key: str | None, timeout: float, wait: flo
                 continue
             if reply.is_success:
                 return model_name(reply.json())
-            hint = "; check the api_key option or LMDEPLOY_API_KEY" if reply.status_code == 401 else ""
+            hint = f"; check the api_key option or {key_env}" if reply.status_code == 401 else ""
             if reply.status_code < 500:
                 raise ValueError(f"{url}/v1/models answered HTTP {reply.status_code}{hint}")
             last = f"{url}: HTTP {reply.status_code}"

@@ -1,4 +1,5 @@
-"""Several LMDeploy api_servers used as one: least outstanding requests, health checks, failover.
+"""Several PRM servers (LMDeploy api_servers, vLLM servers) used as one: least outstanding requests,
+health checks, failover.
 
 ``lmdeploy serve proxy`` routes only the OpenAI routes, not ``/generate``, ``/v1/encode`` or
 ``/health``, so a PRM client that scores with ``/generate`` balances across servers itself:
@@ -36,9 +37,9 @@ class Server:
 
     url: str
     model: str
-    mode: str
-    pattern: list[int]  # token ids of the assistant header followed by the "+" label
-    bad_id: int
+    mode: str = ""
+    pattern: list[int] = field(default_factory=list)  # LMDeploy: the assistant header and "+" label ids
+    bad_id: int | None = None
     alive: bool = True
     outstanding: int = 0
     served: int = 0

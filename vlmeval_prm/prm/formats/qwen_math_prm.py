@@ -25,7 +25,7 @@ STEP_SEPARATOR = "<extra_0>"
 @dataclass(frozen=True)
 class QwenMathPRMFormat(PRMFormat):
     name = "qwen-math-prm"
-    backends = ("transformers",)
+    backends = ("transformers", "vllm")
     marker = STEP_SEPARATOR
     head = "softmax"
     text_only = True
