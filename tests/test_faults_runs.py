@@ -83,8 +83,8 @@ def config_run(work, server, model="GPT4V-BoN2"):
     return vlmeval_run(work, ["--config", str(work / "config.json"), *MINI.args(work / "LMUData")])
 
 
-def predictions(folder, model):
-    table = pd.read_excel(folder / f"{model}_{DATA}.xlsx")
+def predictions(folder, model, data=DATA):
+    table = pd.read_excel(folder / f"{model}_{data}.xlsx")
     assert "extra_records" in table, f"the extra_records column was dropped: {list(table.columns)}"
     return table
 
@@ -164,7 +164,7 @@ def test_api_mode_reuse_in_a_new_eval_id_folder_finds_the_store(tmp_path):
     assert len(store) == 36 and not list(tmp_path.glob("cwd/outputs"))
     for run in runs:
         assert not list(run.glob("*_bon_candidates.jsonl"))
-        check_whole(predictions(run, model), store, 36)
+        check_whole(predictions(run, model, MINI_MCQ), store, 36)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,8 @@ dataset = build_dataset(data)
 result_file = get_pred_file_path(pred_root, model_name, data, use_env_format=True)
 prepare_reuse_files(pred_root_meta=pred_root_meta, eval_id=eval_id, model_name=model_name, dataset_name=data,
                     dataset=dataset, result_file=result_file, reuse=reuse == "1", reuse_aux="all")
-infer_data_job(model_name, work_dir=pred_root, model_name=model_name, dataset=dataset, limit=int(limit))
+extra = {"limit": int(limit)} if limit != "0" else {}  # ms-vlmeval's infer_data_job takes a limit; upstream's not
+infer_data_job(model_name, work_dir=pred_root, model_name=model_name, dataset=dataset, **extra)
 """
 
 
@@ -214,13 +215,15 @@ def test_upstream_run_layout_a_new_eval_id_folder_samples_nothing(tmp_path):
     prepare_reuse_files, as run.py calls them). A second run in a new folder, without --reuse (so no
     prediction file is copied over), must find the first one's store and sample and score nothing."""
     model = "VLMEvalPRM-TinyPolicy-BoN2"
-    (tmp_path / "LMUData").mkdir()
+    three = MiniRows(3)
+    extra = three.args(tmp_path / "LMUData")
+    data, limit = three.data, extra[1] if extra else "0"
     counters = tmp_path / "counters.jsonl"
     env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), COUNTERS_ENV: str(counters), DEMO_ENV: "1"}
     for eval_id, reuse in (("T20260101_G0a1b2c3d", "1"), ("T20260102_G0a1b2c3d", "0")):
         counters.unlink(missing_ok=True)
         proc = subprocess.run(
-            [sys.executable, "-c", UPSTREAM_DRIVER, model, str(tmp_path / "outputs"), eval_id, MINI_MCQ, "3", reuse],
+            [sys.executable, "-c", UPSTREAM_DRIVER, model, str(tmp_path / "outputs"), eval_id, data, limit, reuse],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -231,9 +234,9 @@ def test_upstream_run_layout_a_new_eval_id_folder_samples_nothing(tmp_path):
     counts = read_counter_file(str(counters))
     assert counts["policy_sequences"] == 0 and counts["prm_sequences"] == 0, counts
     folder = tmp_path / "outputs" / model
-    store = index_records(read_records(store_file(str(folder), model, MINI_MCQ)))
+    store = index_records(read_records(store_file(str(folder), model, data)))
     assert len(store) == 3
-    check_whole(predictions(folder / "T20260102_G0a1b2c3d", model), store, 3)
+    check_whole(predictions(folder / "T20260102_G0a1b2c3d", model, data), store, 3)
 
 
 def test_files_torn_by_a_kill_are_set_aside(tmp_path):

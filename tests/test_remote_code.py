@@ -100,7 +100,7 @@ def test_the_standin_reproduces_the_5x_bug(checkpoint, correct):
     plain = load_plainly(checkpoint)
     good = rope_buffers(correct)
     wrong = [n for n, b in rope_buffers(plain).items() if not torch.allclose(b, good[n])]
-    assert len(wrong) == 2 * 3  # every RoPE buffer of both layers
+    assert wrong  # uninitialised memory: usually all 6; one can reuse memory an equal tensor freed (the reference)
     ids = torch.arange(260, dtype=torch.long)[None] % 256
     with torch.no_grad():
         assert not torch.allclose(

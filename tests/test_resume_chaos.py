@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from commands import MiniRows, vlmeval_run_command
+from commands import HOST, MiniRows, vlmeval_run_command
 from test_faults_runs import check_whole, predictions
 
 from vlmeval_prm.constants import COUNTERS_ENV, DEMO_ENV
@@ -94,7 +94,9 @@ def test_kill_9_at_random_points_loses_nothing_and_redoes_nothing(tmp_path, unin
     pred.write_bytes(pred.read_bytes()[:100] if pred.exists() else b"PK\x03\x04")
     counters = tmp_path / "final.jsonl"
     finish(start(tmp_path, counters))
-    assert (tmp_path / "outputs" / MODEL / f"{MODEL}_{DATA}.xlsx.torn").exists()
+    if HOST.kind == "module":  # ms-vlmeval rereads its prediction file in the model folder; upstream's run.py
+        # starts each run in a new eval-id folder, so a torn file of an earlier run is never read there
+        assert (tmp_path / "outputs" / MODEL / f"{MODEL}_{DATA}.xlsx.torn").exists()
     counts = read_counter_file(str(counters))
     assert counts["policy_sequences"] == missing, (counts, seed)
 

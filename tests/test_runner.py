@@ -116,3 +116,19 @@ def test_demo_tiny_runs_through_a_checkouts_run_py(tmp_path, tiny_paths):
     )
     assert "36 samples, 144 candidates, 144 scored step by step" in proc.stdout
     assert "prm_product" in proc.stdout and "oracle" in proc.stdout  # the report's table
+
+
+def test_the_report_finds_predictions_in_the_newest_run_folder(tmp_path):
+    """Upstream run.py writes <work_dir>/<model>/<eval_id>/ and links the files into <model>/ only once it has
+    evaluated: after ``--mode infer`` (or in ``--api-mode``) the report looks in the newest run folder."""
+    from vlmeval_prm.report.collect import ReportError, prediction_file
+
+    model = tmp_path / "M"
+    with pytest.raises(ReportError, match="no prediction file"):
+        prediction_file(str(tmp_path), "M", "D")
+    for run in ("T20260101-120000", "T20260102_G0a1b2c3d", "Tuesday"):
+        (model / run).mkdir(parents=True)
+        (model / run / "M_D.xlsx").write_bytes(b"x")
+    assert prediction_file(str(tmp_path), "M", "D") == str(model / "T20260102_G0a1b2c3d" / "M_D.xlsx")
+    (model / "M_D.xlsx").write_bytes(b"x")  # the model folder's own (ms-vlmeval, or upstream's link) comes first
+    assert prediction_file(str(tmp_path), "M", "D") == str(model / "M_D.xlsx")

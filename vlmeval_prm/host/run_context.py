@@ -20,19 +20,15 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import re
 
 from vlmeval_prm.constants import STORE_DIR_ENV
 from vlmeval_prm.logs import get_logger
-from vlmeval_prm.store.paths import store_file
+from vlmeval_prm.store.paths import EVAL_ID, store_file
 
 log = get_logger(__name__)
 
 CURRENT: dict = {}
 
-#: A run folder ``<work_dir>/<model>/<eval_id>``: upstream run.py's ``T<date>_G<commit>`` and
-#: ms-vlmeval's ``T<date>-<time>`` (``vlmeval/smp/file.py``: NEW_/LEGACY_EVAL_ID_PATTERN).
-EVAL_ID = re.compile(r"^T\d{8}(?:-\d{6}|_G[0-9a-fA-F]+)$")
 #: The keys of a row VLMEvalKit keeps whole (``vlmeval/inference.py``: ``_is_structured_record``).
 RECORD_KEYS = ("prediction", "extra_records")
 

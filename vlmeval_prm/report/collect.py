@@ -28,7 +28,7 @@ from vlmeval_prm.report.table import bon_table, print_report, write_report
 from vlmeval_prm.select.answers import extract_answer
 from vlmeval_prm.select.strategies import STRATEGIES, Candidate, SampleCandidates
 from vlmeval_prm.store.jsonl import SampleRecords, index_records, read_records
-from vlmeval_prm.store.paths import store_file
+from vlmeval_prm.store.paths import EVAL_ID, store_file
 from vlmeval_prm.store.records import ScoreRecord, StoreError, Summary
 
 DEFAULT_JUDGE = "exact_matching"
@@ -53,26 +53,46 @@ def pred_root(work_dir: str, model_name: str) -> str:
     return os.path.join(work_dir, model_name)
 
 
+def run_folders(work_dir: str, model_name: str) -> list[str]:
+    """Where a model's prediction files may be: its folder (ms-vlmeval; upstream run.py links its files
+    there once it has evaluated), then its run folders ``<eval_id>``, newest first (upstream run.py with
+    ``--mode infer``, ``--api-mode``)."""
+    root = pred_root(work_dir, model_name)
+    try:
+        runs = sorted(
+            (d for d in os.listdir(root) if EVAL_ID.match(d) and os.path.isdir(os.path.join(root, d))), reverse=True
+        )
+    except OSError:
+        runs = []
+    return [root, *(os.path.join(root, d) for d in runs)]
+
+
 def prediction_file(work_dir: str, model_name: str, dataset_name: str) -> str:
-    """The run's prediction file: VLMEvalKit's name in the current ``PRED_FORMAT``, else any format."""
+    """The run's prediction file: VLMEvalKit's name in the current ``PRED_FORMAT``, else any format, in the
+    first of ``run_folders`` that has one."""
     from vlmeval.smp import get_pred_file_path
 
-    root = pred_root(work_dir, model_name)
-    preferred = get_pred_file_path(root, model_name, dataset_name)
-    others = [os.path.join(root, f"{model_name}_{dataset_name}.{ext}") for ext in ("xlsx", "tsv", "json")]
-    for path in (preferred, *others):
-        if os.path.exists(path):
-            return path
+    preferred = get_pred_file_path(pred_root(work_dir, model_name), model_name, dataset_name)
+    for folder in run_folders(work_dir, model_name):
+        names = [os.path.basename(get_pred_file_path(folder, model_name, dataset_name))]
+        names += [f"{model_name}_{dataset_name}.{ext}" for ext in ("xlsx", "tsv", "json")]
+        for name in names:
+            if os.path.exists(os.path.join(folder, name)):
+                return os.path.join(folder, name)
     raise ReportError(
-        f"no prediction file {preferred} (or .tsv/.json): run vlmeval.run for {model_name} x "
-        f"{dataset_name} with --work-dir {work_dir} first"
+        f"no prediction file {preferred} (or .tsv/.json, or in a run folder <eval_id>/ there): run vlmeval.run for "
+        f"{model_name} x {dataset_name} with --work-dir {work_dir} first"
     )
 
 
 def run_judge(work_dir: str, model_name: str, dataset_name: str) -> str:
     """The judge the run itself used (VLMEvalKit's ``status.json``), so the numbers agree; else exact matching."""
     try:
-        with open(os.path.join(pred_root(work_dir, model_name), "status.json"), encoding="utf-8") as f:
+        folder = os.path.dirname(prediction_file(work_dir, model_name, dataset_name))
+    except ReportError:
+        folder = pred_root(work_dir, model_name)
+    try:
+        with open(os.path.join(folder, "status.json"), encoding="utf-8") as f:
             judge = json.load(f)["datasets"][dataset_name].get("judge_model")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         judge = None

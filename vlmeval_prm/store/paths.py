@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+
+#: A run folder ``<work_dir>/<model>/<eval_id>``: upstream run.py's ``T<date>_G<commit>`` and
+#: ms-vlmeval's ``T<date>-<time>`` (``vlmeval/smp/file.py``: NEW_/LEGACY_EVAL_ID_PATTERN).
+EVAL_ID = re.compile(r"^T\d{8}(?:-\d{6}|_G[0-9a-fA-F]+)$")
 
 
 def store_file(folder: str, model_name: str, dataset: str | None) -> str:
