@@ -16,7 +16,7 @@ from PIL import Image
 
 from standins.tiny_vlms import tiny_vlm
 from vlmeval_prm.prm import validate_spec
-from vlmeval_prm.prm.formats import build_format
+from vlmeval_prm.prm.formats import FORMATS, build_format
 from vlmeval_prm.prm.formats.vl_prm import VL_PRM_SYSTEM_PROMPT
 from vlmeval_prm.prm.hf_backend import TransformersPRM
 
@@ -114,7 +114,9 @@ def test_one_pass_scores_equal_its_per_step_passes(prm, images, n_images):
 
 
 def test_format_is_checked_before_any_work():
-    with pytest.raises(ValueError, match="unknown PRM format 'vl_prm'; registered formats: mm-prm, visualprm, vl-prm"):
+    listed = ", ".join(sorted(FORMATS))
+    assert "vl-prm" in listed and "visualprm" in listed
+    with pytest.raises(ValueError, match=f"unknown PRM format 'vl_prm'; registered formats: {listed}"):
         validate_spec("transformers:tiny:prm", {"format": "vl_prm"})
     with pytest.raises(ValueError, match="the vl-prm format has no lmdeploy backend"):
         validate_spec("lmdeploy:http://127.0.0.1:9", {"format": "vl-prm"})
