@@ -158,3 +158,60 @@ def test_best_of_n_with_a_vl_prm_prm_through_vlmeval_run(tmp_path, tiny_paths):
     scored = [entry.score(i, spec) for entry in store.values() for i in range(2)]
     assert all(r is not None and r.usable for r in scored)
     assert all(len(r.step_scores) == len(r.steps) for r in scored)
+
+
+# -- served by vLLM ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_chat(prm):
+    """``vllm serve`` stand-in (vLLM has no CPU build here): tests/standins/vllm_standin.py, vLLM 0.34's
+    chat schema with prompt logprobs, serving the same tiny Qwen2.5-VL; ``--max-logprobs -1``."""
+    from standins.vllm_standin import serve_vllm_standin
+
+    path = prm.identity.removeprefix("transformers:")
+    with serve_vllm_standin(path, "ob11/Qwen-VL-PRM-7B", chat=True, max_logprobs=-1) as served:
+        yield served
+
+
+def test_vllm_scores_equal_in_process_scores(prm, images, vllm_chat):
+    """All prompt logprobs (k = -1): the same numbers as in process, one chat request per candidate carrying
+    the images as VL-PRM opens them and its processor's pixel bounds."""
+    from vlmeval_prm.prm import build_scorer
+
+    url, seen = vllm_chat
+    scorer = build_scorer(f"vllm:{url}", format="vl-prm", top_logprobs=-1)
+    solutions = [["There are 3 shapes.", "2 of them are red.", "Answer: 2"], ["Answer: 3"]]
+    try:
+        got = scorer.score(QUESTION, images[:1], solutions)
+    finally:
+        scorer.close()
+    for res, ref in zip(got, prm.score(QUESTION, images[:1], solutions)):
+        assert res.ok and res.bounds is None, res.error
+        assert res.scores == pytest.approx(ref.scores, abs=1e-5)
+    body = seen.requests[-1]
+    assert body["prompt_logprobs"] == -1 and body["return_token_ids"] is True and body["max_tokens"] == 1
+    assert body["mm_processor_kwargs"] == {"min_pixels": 200704, "max_pixels": 1003520}
+    assert body["messages"][1]["content"][0]["type"] == "image_url"  # the image first, then the question
+
+
+def test_a_label_below_the_top_k_bounds_the_score(prm, images, vllm_chat):
+    """k = 1: "+" is always reported (the prompt's own token), "-" only when it ranks first; without it the
+    score is a lower bound computed from the k-th logprob, as the LMDeploy client reports it."""
+    from vlmeval_prm.prm import build_scorer
+
+    url, _ = vllm_chat
+    exact = prm.score(QUESTION, images[:1], [["There are 3 shapes.", "Answer: 2"]])[0]
+    scorer = build_scorer(f"vllm:{url}", format="vl-prm", top_logprobs=1)
+    try:
+        (res,) = scorer.score(QUESTION, images[:1], [["There are 3 shapes.", "Answer: 2"]])
+    finally:
+        scorer.close()
+    assert res.scores is not None and res.bounds is not None
+    for value, bound, true in zip(res.scores, res.bounds, exact.scores):
+        if bound == "lower":
+            assert value <= true + 1e-6
+        elif bound == "upper":
+            assert value >= true - 1e-6
+        else:
+            assert value == pytest.approx(true, abs=1e-5)

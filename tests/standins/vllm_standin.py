@@ -11,7 +11,17 @@ app answers the routes the ``vllm:`` client uses with vLLM 0.34.0's schema (62d4
   (``{"id", "object": "list", "created", "model", "data": [{"index", "object": "pooling", "data": [[p0, p1], ...]}],
   "usage"}``). ``task: "encode"`` is a 400, as in 0.34.
 
-The model is the stand-in checkpoint of tests/standins/qwen2_rm_remote.py, run with transformers.
+* ``POST /v1/chat/completions`` with vLLM's ``prompt_logprobs`` extension and ``return_token_ids``
+  (``vllm/entrypoints/openai/chat_completion/protocol.py``): the messages (images as data URLs) rendered by
+  the checkpoint's processor with a generation prompt (the default), ``mm_processor_kwargs`` passed to it;
+  the response's top-level ``prompt_logprobs`` (``null``, then per prompt token a ``{token id: {logprob, rank,
+  decoded_token}}`` with the actual token and the top k) and ``prompt_token_ids``; k above ``max_logprobs``
+  (``--max-logprobs``, default 20; -1: the vocabulary) is a 400;
+* ``POST /tokenize`` (``{"prompt"}`` or ``{"messages", "add_generation_prompt"}`` -> ``{"count", "max_model_len",
+  "tokens"}``).
+
+The pooling model is the stand-in checkpoint of tests/standins/qwen2_rm_remote.py; the chat model any HF-native
+image-text-to-text checkpoint (the tiny Qwen2.5-VL of tests/standins/tiny_vlms.py), run with transformers.
 """
 
 from __future__ import annotations
@@ -81,17 +91,119 @@ def make_app(checkpoint: str, served_name: str, step_tag: str, seen: Seen):
     return app
 
 
+def make_chat_app(checkpoint: str, served_name: str, seen: Seen, max_logprobs: int = 20):
+    import base64
+    import io
+
+    import torch
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    tokenizer = processor.tokenizer
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    app = FastAPI()
+
+    def hf_messages(messages: list[dict]) -> tuple[list[dict], list]:
+        out, images = [], []
+        for m in messages:
+            parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+            content = []
+            for part in parts:
+                if part["type"] == "image_url":
+                    data = part["image_url"]["url"].split(",", 1)[1]
+                    images.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+                    content.append({"type": "image"})
+                else:
+                    content.append({"type": "text", "text": part["text"]})
+            out.append({"role": m["role"], "content": content})
+        return out, images
+
+    def error(message: str, status: int = 400):
+        return JSONResponse({"error": {"message": message, "type": "BadRequestError", "code": status}}, status)
+
+    @app.get("/health")
+    def health():
+        return JSONResponse(None)
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "vllm"}]}
+
+    @app.post("/tokenize")
+    def tokenize(body: dict):
+        if "messages" in body:
+            messages, _ = hf_messages(body["messages"])
+            text = processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=body.get("add_generation_prompt", True)
+            )
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+        return {"count": len(ids), "max_model_len": 8192, "tokens": ids}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict):
+        seen.requests.append(body)
+        if seen.fail_next:
+            seen.fail_next -= 1
+            return JSONResponse({"error": {"message": "engine crashed", "type": "InternalServerError"}}, 500)
+        k = body.get("prompt_logprobs")
+        if k is not None and (max_logprobs != -1 and (k == -1 or k > max_logprobs)):
+            return error(f"Requested prompt logprobs of {k}, which is greater than max allowed: {max_logprobs}")
+        messages, images = hf_messages(body["messages"])
+        text = processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=body.get("add_generation_prompt", True)
+        )
+        kwargs = {"images": [images]} if images else {}
+        enc = processor(text=[text], return_tensors="pt", **kwargs, **(body.get("mm_processor_kwargs") or {}))
+        with torch.no_grad():
+            logits = model(**enc).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        ids = enc["input_ids"][0].tolist()
+        rows: list = [None]
+        for t in range(1, len(ids)):
+            order = torch.argsort(logprobs[t - 1], descending=True).tolist()
+            top = order if k == -1 else order[: k or 0]
+            entry = {}
+            for rank, tid in [(order.index(ids[t]) + 1, ids[t]), *((r + 1, tid) for r, tid in enumerate(top))]:
+                lp = float(logprobs[t - 1, tid])
+                entry[str(tid)] = {"logprob": lp, "rank": rank, "decoded_token": tokenizer.decode([tid])}
+            rows.append(entry)
+        answer = tokenizer.decode([int(logits[-1].argmax())])
+        return {
+            "id": f"chatcmpl-{len(seen.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+            "prompt_logprobs": rows if k is not None else None,
+            "prompt_token_ids": ids if body.get("return_token_ids") else None,
+        }
+
+    return app
+
+
 @contextlib.contextmanager
-def serve_vllm_standin(checkpoint: str, served_name: str = "Qwen/Qwen2.5-Math-PRM-7B") -> Iterator[tuple[str, Seen]]:
-    """(url, seen) of the stand-in on a free local port, for the ``with`` block."""
+def serve_vllm_standin(
+    checkpoint: str, served_name: str = "Qwen/Qwen2.5-Math-PRM-7B", chat: bool = False, max_logprobs: int = 20
+) -> Iterator[tuple[str, Seen]]:
+    """(url, seen) of the stand-in on a free local port, for the ``with`` block: a pooling server, or with
+    ``chat`` a chat server of an image-text-to-text checkpoint."""
     import uvicorn
 
     seen = Seen()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(checkpoint, served_name, "<extra_0>", seen), log_level="warning", lifespan="off")
+    app = (
+        make_chat_app(checkpoint, served_name, seen, max_logprobs)
+        if chat
+        else make_app(checkpoint, served_name, "<extra_0>", seen)
     )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -57,8 +57,8 @@ class VLPRMFormat(PRMFormat):
     name = "vl-prm"
     #: Its processor settings (``AutoProcessor.from_pretrained(..., min_pixels=..., max_pixels=...)``).
     processor_kwargs: ClassVar[dict] = {"min_pixels": 256 * 28 * 28, "max_pixels": 1280 * 28 * 28}
-    #: Rendered by the checkpoint's own (Qwen2.5-VL) chat template: in process only.
-    backends = ("transformers",)
+    #: Rendered by the checkpoint's own (Qwen2.5-VL) chat template: in process, or by a vLLM server.
+    backends = ("transformers", "vllm")
     system_prompt: str | None = VL_PRM_SYSTEM_PROMPT
 
     def conversation(self, question: str, steps: Sequence[str], n_images: int) -> list[Turn]:
