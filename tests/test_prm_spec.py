@@ -20,6 +20,7 @@ def closed_port_url():
     "spec, message",
     [
         ("lmdepoly:http://127.0.0.1:23333", "unknown PRM backend 'lmdepoly'"),
+        ("http://127.0.0.1:23333", "names no backend: use lmdeploy:http://127.0.0.1:23333 or vllm:http"),
         ("transformers:/models/does-not-exist/VisualPRM-8B", "no such checkpoint directory"),
         ("/models/does-not-exist/VisualPRM-8B", "no such checkpoint directory"),
         ("transformers:tiny:prn", "no tiny model 'prn'"),

@@ -32,8 +32,9 @@ REACHABLE_TIMEOUT = 2.0
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
+    """(backend, target) from the spec's scheme alone; a bare URL is refused (a server could be either)."""
     if spec.startswith(("http://", "https://")):
-        return "lmdeploy", spec
+        raise ValueError(f"PRM spec {spec!r} names no backend: use lmdeploy:{spec} or vllm:{spec}")
     backend, sep, target = spec.partition(":")
     if not sep or "/" in backend:
         return "transformers", spec
