@@ -215,3 +215,43 @@ def test_a_label_below_the_top_k_bounds_the_score(prm, images, vllm_chat):
             assert value >= true - 1e-6
         else:
             assert value == pytest.approx(true, abs=1e-5)
+
+
+@pytest.mark.e2e
+def test_best_of_n_scored_on_vllm_and_rescored_when_what_it_is_shown_changes(tmp_path, vllm_chat, tiny_paths):
+    """``vlmeval.run --config`` with a ``vllm:`` vl-prm PRM: every candidate scored by one chat request; the same
+    rerun asks for no score; a rerun with another system prompt scores every candidate again."""
+    import json
+    import os
+    import subprocess
+
+    from commands import MiniRows, vlmeval_run_command
+
+    from vlmeval_prm.constants import DEMO_ENV
+    from vlmeval_prm.store.jsonl import index_records, read_records
+    from vlmeval_prm.store.paths import store_file
+
+    url, seen = vllm_chat
+    rows, spec, model = MiniRows(2), f"vllm:{url}", "VLLM-BoN2"
+
+    def run(options: dict) -> int:
+        before = sum(1 for r in seen.requests if "prompt_logprobs" in r)
+        entry = {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": 2, "prm": spec, "prm_options": options}
+        (tmp_path / "config.json").write_text(json.dumps({"model": {model: entry}, "data": rows.config()}))
+        for path in (tmp_path / "outputs" / model).glob(f"{model}_{rows.data}*"):
+            if not path.name.endswith("_bon_candidates.jsonl"):
+                path.unlink()  # VLMEvalKit asks for every row again
+        env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), DEMO_ENV: "1"}
+        args = ["--config", str(tmp_path / "config.json"), *rows.args(tmp_path / "LMUData")]
+        proc = subprocess.run(
+            vlmeval_run_command(args, tmp_path / "outputs"), cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return sum(1 for r in seen.requests if "prompt_logprobs" in r) - before
+
+    options = {"format": "vl-prm", "top_logprobs": -1}
+    assert run(options) == rows.rows * 2
+    store = index_records(read_records(store_file(str(tmp_path / "outputs" / model), model, rows.data)))
+    assert all(e.score(i, spec) is not None and e.score(i, spec).usable for e in store.values() for i in range(2))
+    assert run(options) == 0
+    assert run({**options, "system_prompt": "Judge each step: + or -."}) == rows.rows * 2
