@@ -493,7 +493,7 @@ def _examine(scorer, results: dict[str, Check], served: bool, checkpoint: str, i
             )
         return _prompt_head(text, tokens, how, scorer.fmt.system_prompt)
 
-    from vlmeval_prm.prm.hf_backend import TransformersPRM, _InternVLRemoteInputs
+    from vlmeval_prm.prm.hf_backend import TransformersPRM
 
     if not isinstance(scorer, TransformersPRM):  # a backend this command does not know the insides of
         results["load"] = Check("PASS", f"built {type(scorer).__name__} in {seconds:.1f}s, scorer {identity}")
@@ -504,7 +504,7 @@ def _examine(scorer, results: dict[str, Check], served: bool, checkpoint: str, i
     import torch
 
     param = next(scorer.model.parameters())
-    remote = isinstance(scorer.inputs, _InternVLRemoteInputs)
+    remote = type(scorer.model).__module__.startswith("transformers_modules")  # where transformers keeps remote code
     kind = "the checkpoint's own modelling code" if remote else "transformers"
     results["load"] = Check(
         "PASS",
