@@ -98,12 +98,9 @@ def validate_spec(spec: str, options: dict | None = None) -> None:
             raise ValueError(
                 f"the {backend} backend takes no option {', '.join(map(repr, unknown))} (it takes {', '.join(params)})"
             )
-        if "format" in (options or {}):
-            from vlmeval_prm.prm.formats import format_class
+        from vlmeval_prm.prm.formats import DEFAULT_FORMAT, check_backend
 
-            fmt = format_class(options["format"])
-            if backend not in fmt.backends:
-                raise ValueError(f"the {fmt.name} format has no {backend} backend (it has {', '.join(fmt.backends)})")
+        check_backend((options or {}).get("format", DEFAULT_FORMAT), backend)
         if (options or {}).get("template") is not None:
             from vlmeval_prm.prm.conversation import chat_template
 

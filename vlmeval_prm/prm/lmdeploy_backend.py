@@ -50,8 +50,8 @@ from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
 from vlmeval_prm.prm.conversation import chat_messages, chat_template
 from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, build_format
-from vlmeval_prm.prm.http import AsyncJSONClient, LoopThread, RawJSON, RequestFailed
-from vlmeval_prm.prm.pool import Server, ServerPool
+from vlmeval_prm.prm.http import LoopThread, RawJSON, RequestFailed
+from vlmeval_prm.prm.pool import Server, pooled_client
 
 log = get_logger(__name__)
 
@@ -247,16 +247,16 @@ class LMDeployPRM(PRMScorer):
         key = api_key_of(api_key)
 
         async def make_clients():  # built on the loop that will use them
-            http = AsyncJSONClient(
-                api_key=key,
+            return pooled_client(
+                key,
                 timeout=timeout,
                 connect_timeout=connect_timeout,
                 max_retries=max_retries,
                 backoff=backoff,
                 concurrency=concurrency,
-            )
-            return http, ServerPool(
-                http, health_interval=health_interval, health_timeout=health_timeout, wait_timeout=startup_timeout
+                health_interval=health_interval,
+                health_timeout=health_timeout,
+                wait_timeout=startup_timeout,
             )
 
         self._http, self.pool = self._loop.run(make_clients())

@@ -66,6 +66,31 @@ def _being_cancelled() -> bool:
     return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
 
 
+def pooled_client(
+    api_key: str | None,
+    *,
+    timeout: float,
+    connect_timeout: float,
+    max_retries: int,
+    backoff: float,
+    concurrency: int,
+    health_interval: float,
+    health_timeout: float,
+    wait_timeout: float,
+) -> tuple[AsyncJSONClient, ServerPool]:
+    """The HTTP client and the (empty) pool a served PRM's client uses; call it on the loop that will use them."""
+    http = AsyncJSONClient(
+        api_key=api_key,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        max_retries=max_retries,
+        backoff=backoff,
+        concurrency=concurrency,
+    )
+    pool = ServerPool(http, health_interval=health_interval, health_timeout=health_timeout, wait_timeout=wait_timeout)
+    return http, pool
+
+
 class ServerPool:
     """The servers behind one PRM spec. Lives on the client's event loop."""
 

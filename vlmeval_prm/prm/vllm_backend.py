@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
 from vlmeval_prm.prm.conversation import chat_messages
-from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, build_format, format_class
+from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, build_format, check_backend
 from vlmeval_prm.prm.http import AsyncJSONClient, LoopThread, RequestFailed
 from vlmeval_prm.prm.lmdeploy_backend import model_name, served_model, server_urls, two_way
-from vlmeval_prm.prm.pool import Server, ServerPool
+from vlmeval_prm.prm.pool import Server, ServerPool, pooled_client
 
 log = get_logger(__name__)
 
@@ -70,7 +70,7 @@ class VLLMPRM(PRMScorer):
         health_timeout: float = 10.0,
         api_key: str | None = None,
     ):
-        check_format(format)
+        check_backend(format, "vllm")
         if top_logprobs < 1 and top_logprobs != -1:
             raise ValueError(f"top_logprobs must be >= 1, or -1 for the whole vocabulary; got {top_logprobs}")
         self.fmt = build_format(format, system_prompt=system_prompt)
@@ -80,16 +80,16 @@ class VLLMPRM(PRMScorer):
         key = api_key or os.environ.get(KEY_ENV) or None
 
         async def start() -> tuple[AsyncJSONClient, ServerPool]:
-            http = AsyncJSONClient(
-                api_key=key,
+            http, pool = pooled_client(
+                key,
                 timeout=timeout,
                 connect_timeout=connect_timeout,
                 max_retries=max_retries,
                 backoff=backoff,
                 concurrency=concurrency,
-            )
-            pool = ServerPool(
-                http, health_interval=health_interval, health_timeout=health_timeout, wait_timeout=startup_timeout
+                health_interval=health_interval,
+                health_timeout=health_timeout,
+                wait_timeout=startup_timeout,
             )
             for url in self.urls:
                 await http.wait_healthy(url, startup_timeout, server="vLLM", command="vllm serve")
@@ -264,10 +264,3 @@ class VLLMPRM(PRMScorer):
             self._loop.run(shut())
             self.pool = None
         self._loop.close()
-
-
-def check_format(name: str) -> None:
-    """ValueError unless format ``name`` can be scored on vLLM by this client."""
-    fmt = format_class(name)
-    if "vllm" not in fmt.backends:
-        raise ValueError(f"the {name} format has no vllm backend (it has {', '.join(fmt.backends)})")

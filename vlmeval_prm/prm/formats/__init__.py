@@ -12,7 +12,7 @@ import importlib
 
 from vlmeval_prm.prm.formats.base import FORMAT_DEFAULT, PRMFormat
 
-__all__ = ["DEFAULT_FORMAT", "FORMATS", "FORMAT_DEFAULT", "PRMFormat", "build_format", "format_class"]
+__all__ = ["DEFAULT_FORMAT", "FORMATS", "FORMAT_DEFAULT", "PRMFormat", "build_format", "check_backend", "format_class"]
 
 #: name -> "module:Class", imported when used.
 FORMATS: dict[str, str] = {
@@ -31,6 +31,13 @@ def format_class(name: str) -> type[PRMFormat]:
         raise ValueError(f"unknown PRM format {name!r}; registered formats: {', '.join(sorted(FORMATS))}")
     module, _, cls = FORMATS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def check_backend(name: str, backend: str) -> None:
+    """ValueError unless format ``name`` can be scored on ``backend``."""
+    fmt = format_class(name)
+    if backend not in fmt.backends:
+        raise ValueError(f"the {name} format has no {backend} backend (it has {', '.join(fmt.backends)})")
 
 
 def build_format(name: str = DEFAULT_FORMAT, **fields) -> PRMFormat:
