@@ -59,3 +59,29 @@ def checkout_of_installed(folder):
     (folder / "run.py").write_text(open(HOST.path, encoding="utf-8").read(), encoding="utf-8")
     (folder / "vlmeval").symlink_to(os.path.dirname(os.path.realpath(vlmeval.__file__)), target_is_directory=True)
     return folder
+
+
+def run_tiny_bon(work, name: str, prm: str, prm_options: dict, rows: MiniRows, n: int = 2) -> dict:
+    """``<host run> --config`` for Best-of-``n`` of the tiny demo policy scored by ``prm`` on ``rows``, in
+    ``work``; VLMEvalKit's prediction files of an earlier call go first (every row is asked for again, the
+    store stays). Returns the store, indexed (``SampleRecords`` by key); fails the test if the run fails."""
+    import json
+    import subprocess
+
+    from vlmeval_prm.constants import DEMO_ENV
+    from vlmeval_prm.store.jsonl import index_records, read_records
+    from vlmeval_prm.store.paths import store_file
+
+    entry = {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": n, "prm": prm, "prm_options": prm_options}
+    (work / "config.json").write_text(json.dumps({"model": {name: entry}, "data": rows.config()}))
+    folder = work / "outputs" / name
+    for path in folder.glob(f"{name}_{rows.data}*"):
+        if not path.name.endswith("_bon_candidates.jsonl"):
+            path.unlink()
+    env = {**os.environ, "LMUData": str(work / "LMUData"), DEMO_ENV: "1"}
+    args = ["--config", str(work / "config.json"), *rows.args(work / "LMUData")]
+    proc = subprocess.run(
+        vlmeval_run_command(args, work / "outputs"), cwd=work, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return index_records(read_records(store_file(str(folder), name, rows.data)))

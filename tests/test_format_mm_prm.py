@@ -126,32 +126,10 @@ def test_a_checkpoint_without_the_prm_token_is_refused(tmp_path):
 def test_best_of_n_with_an_mm_prm_prm_through_vlmeval_run(tmp_path, checkpoint, tiny_paths):
     """``python -m vlmeval.run --config`` (or a checkout's run.py): Best-of-2 of the tiny policy scored by the
     MM-PRM stand-in in the mm-prm format; every candidate's steps are scored."""
-    import json
-    import os
-    import subprocess
-
-    from commands import MiniRows, vlmeval_run_command
-
-    from vlmeval_prm.constants import DEMO_ENV
-    from vlmeval_prm.store.jsonl import index_records, read_records
-    from vlmeval_prm.store.paths import store_file
+    from commands import MiniRows, run_tiny_bon
 
     rows, spec = MiniRows(3), f"transformers:{checkpoint}"
-    entry = {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": 2, "prm": spec}
-    config = {"model": {"MMPRM-BoN2": {**entry, "prm_options": {"format": "mm-prm"}}}, "data": rows.config()}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), DEMO_ENV: "1"}
-    args = ["--config", str(tmp_path / "config.json"), *rows.args(tmp_path / "LMUData")]
-    proc = subprocess.run(
-        vlmeval_run_command(args, tmp_path / "outputs"),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    store = index_records(read_records(store_file(str(tmp_path / "outputs" / "MMPRM-BoN2"), "MMPRM-BoN2", rows.data)))
+    store = run_tiny_bon(tmp_path, "MMPRM-BoN2", spec, {"format": "mm-prm"}, rows)
     assert len(store) == rows.rows
     scored = [entry.score(i, spec) for entry in store.values() for i in range(2)]
     assert all(r is not None and r.usable and len(r.step_scores) == len(r.steps) for r in scored)

@@ -163,3 +163,5 @@ def test_formats_without_a_vllm_reader_are_refused_up_front():
 
     with pytest.raises(ValueError, match="the visualprm format has no vllm backend"):
         validate_spec("vllm:http://127.0.0.1:9", {"format": "visualprm"})
+    with pytest.raises(ValueError, match="the visualprm format has no vllm backend"):
+        validate_spec("vllm:http://127.0.0.1:9")  # no format: the default, VisualPRM's

@@ -127,33 +127,11 @@ def test_best_of_n_with_a_vl_prm_prm_through_vlmeval_run(tmp_path, tiny_paths):
     """``python -m vlmeval.run --config`` (or a checkout's run.py): Best-of-2 of the tiny policy scored by
     the tiny Qwen2.5-VL in the vl-prm format; every candidate's steps are scored and the scores are keyed
     by the vl-prm format."""
-    import json
-    import os
-    import subprocess
-
-    from commands import MiniRows, vlmeval_run_command
-
-    from vlmeval_prm.constants import DEMO_ENV
-    from vlmeval_prm.store.jsonl import index_records, read_records
-    from vlmeval_prm.store.paths import store_file
+    from commands import MiniRows, run_tiny_bon
 
     path = tiny_vlm("qwen2_5_vl", tmp_path / "tiny_vlms")
     rows, spec = MiniRows(3), f"transformers:{path}"
-    entry = {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": 2, "prm": spec}
-    config = {"model": {"VLPRM-BoN2": {**entry, "prm_options": {"format": "vl-prm"}}}, "data": rows.config()}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), DEMO_ENV: "1"}
-    args = ["--config", str(tmp_path / "config.json"), *rows.args(tmp_path / "LMUData")]
-    proc = subprocess.run(
-        vlmeval_run_command(args, tmp_path / "outputs"),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    store = index_records(read_records(store_file(str(tmp_path / "outputs" / "VLPRM-BoN2"), "VLPRM-BoN2", rows.data)))
+    store = run_tiny_bon(tmp_path, "VLPRM-BoN2", spec, {"format": "vl-prm"}, rows)
     assert len(store) == rows.rows
     scored = [entry.score(i, spec) for entry in store.values() for i in range(2)]
     assert all(r is not None and r.usable for r in scored)
@@ -222,14 +200,8 @@ def test_best_of_n_scored_on_vllm_and_rescored_when_what_it_is_shown_changes(tmp
     """``vlmeval.run --config`` with a ``vllm:`` vl-prm PRM: every candidate scored by one chat request; the same
     rerun asks for no score; a rerun with another system prompt scores every candidate again."""
     import json
-    import os
-    import subprocess
 
-    from commands import MiniRows, vlmeval_run_command
-
-    from vlmeval_prm.constants import DEMO_ENV
-    from vlmeval_prm.store.jsonl import index_records, read_records
-    from vlmeval_prm.store.paths import store_file
+    from commands import MiniRows, run_tiny_bon
 
     url, seen = vllm_chat
     rows, spec, model = MiniRows(2), f"vllm:{url}", "VLLM-BoN2"
@@ -237,28 +209,17 @@ def test_best_of_n_scored_on_vllm_and_rescored_when_what_it_is_shown_changes(tmp
     def scored() -> set:  # the candidates asked about (a retried request asks again, on a busy machine)
         return {json.dumps(r["messages"]) for r in seen.requests if "prompt_logprobs" in r}
 
-    def run(options: dict) -> int:
+    def run(options: dict) -> tuple[int, dict]:
         before, first = scored(), len(seen.requests)
-        entry = {"class": "BestOfN", "model": "VLMEvalPRM-TinyPolicy", "n": 2, "prm": spec, "prm_options": options}
-        (tmp_path / "config.json").write_text(json.dumps({"model": {model: entry}, "data": rows.config()}))
-        for path in (tmp_path / "outputs" / model).glob(f"{model}_{rows.data}*"):
-            if not path.name.endswith("_bon_candidates.jsonl"):
-                path.unlink()  # VLMEvalKit asks for every row again
-        env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), DEMO_ENV: "1"}
-        args = ["--config", str(tmp_path / "config.json"), *rows.args(tmp_path / "LMUData")]
-        proc = subprocess.run(
-            vlmeval_run_command(args, tmp_path / "outputs"), cwd=tmp_path, env=env, capture_output=True, text=True
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        store = run_tiny_bon(tmp_path, model, spec, options, rows)
         new = {json.dumps(r["messages"]) for r in seen.requests[first:] if "prompt_logprobs" in r}
-        return len(new - before) if new else 0
+        return len(new - before), store
 
     options = {"format": "vl-prm", "top_logprobs": -1}
-    first = run(options)
-    store = index_records(read_records(store_file(str(tmp_path / "outputs" / model), model, rows.data)))
+    first, store = run(options)
     assert len(store) == rows.rows
     assert all(e.score(i, spec) is not None and e.score(i, spec).usable for e in store.values() for i in range(2))
     distinct = sum(len({e.text(i) for i in range(2)}) for e in store.values())  # equal candidates: one request
     assert first == distinct
-    assert run(options) == 0
-    assert run({**options, "system_prompt": "Judge each step: + or -."}) == distinct
+    assert run(options)[0] == 0
+    assert run({**options, "system_prompt": "Judge each step: + or -."})[0] == distinct
