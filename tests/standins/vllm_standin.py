@@ -41,6 +41,19 @@ class Seen:
     fail_next: int = 0  # answer this many /pooling requests with HTTP 500
 
 
+def serve_model_routes(app, served_name: str) -> None:
+    """``GET /health`` and ``GET /v1/models``, as every vLLM server answers them."""
+    from fastapi.responses import JSONResponse
+
+    @app.get("/health")
+    def health():
+        return JSONResponse(None)
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "vllm"}]}
+
+
 def make_app(checkpoint: str, served_name: str, step_tag: str, seen: Seen):
     import torch
     from fastapi import FastAPI
@@ -52,13 +65,7 @@ def make_app(checkpoint: str, served_name: str, step_tag: str, seen: Seen):
     step_tag_id = tokenizer.convert_tokens_to_ids(step_tag)
     app = FastAPI()
 
-    @app.get("/health")
-    def health():
-        return JSONResponse(None)
-
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "vllm"}]}
+    serve_model_routes(app, served_name)
 
     @app.post("/pooling")
     def pooling(body: dict):
@@ -124,13 +131,7 @@ def make_chat_app(checkpoint: str, served_name: str, seen: Seen, max_logprobs: i
     def error(message: str, status: int = 400):
         return JSONResponse({"error": {"message": message, "type": "BadRequestError", "code": status}}, status)
 
-    @app.get("/health")
-    def health():
-        return JSONResponse(None)
-
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": served_name, "object": "model", "owned_by": "vllm"}]}
+    serve_model_routes(app, served_name)
 
     @app.post("/tokenize")
     def tokenize(body: dict):
