@@ -340,7 +340,7 @@ class _TextInputs:
         self._told = False
 
     def render(self, question: str, steps: list[str], n_images: int) -> str:
-        messages = [{"role": t.role, "content": "".join(t.parts)} for t in self.fmt.conversation(question, steps, 0)]
+        messages = self.fmt.text_messages(question, steps)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
     def images(self, paths: Sequence[str]):

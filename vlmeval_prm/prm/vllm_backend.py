@@ -230,7 +230,7 @@ class VLLMPRM(PRMScorer):
         return StepScores(steps=steps, scores=[v for v, _ in values], bounds=bounds if any(bounds) else None, meta=meta)
 
     async def _score_one(self, question: str, urls: list[str], steps: list[str]) -> StepScores:
-        messages = [{"role": t.role, "content": "".join(t.parts)} for t in self.fmt.conversation(question, steps, 0)]
+        messages = self.fmt.text_messages(question, steps)
         payload = {"model": self._model, "task": "token_classify", "messages": messages}
         try:
             reply = await self.pool.request("POST", "/pooling", payload)

@@ -66,6 +66,10 @@ class PRMFormat:
         """HF chat messages (content parts) for a processor's own chat template."""
         return build_messages(self.conversation(question, steps, n_images))
 
+    def text_messages(self, question: str, steps: Sequence[str]) -> list[dict]:
+        """Chat messages with plain-text contents, for a text PRM (no images)."""
+        return [{"role": t.role, "content": "".join(t.parts)} for t in self.conversation(question, steps, 0)]
+
     def prompt_head(self, question: str, n_images: int, image: str) -> str:
         """The text every candidate's prompt starts with: all that comes before the first step."""
         return os.path.commonprefix([self.render(question, [mark], n_images, image) for mark in ("\x00", "\x01")])
