@@ -88,9 +88,11 @@ def test_prms_lists_every_format_with_its_backends(capsys):
 
     assert cli.main(["prms", "--json"]) == 0
     rows = {r["format"]: r for r in json.loads(capsys.readouterr().out)}
-    assert sorted(rows) == ["mm-prm", "qwen-math-prm", "visualprm", "vl-prm"]
+    assert sorted(rows) == ["mm-prm", "qwen-math-prm", "ursa-rm", "visualprm", "vl-prm"]
     assert rows["visualprm"]["default"] and rows["visualprm"]["backends"] == ["transformers", "lmdeploy"]
     assert rows["qwen-math-prm"]["backends"] == ["transformers", "vllm"]
+    assert rows["ursa-rm"]["head"] == "sigmoid" and rows["ursa-rm"]["detected_from"] == ["ursa"]
+    assert rows["visualprm"]["labels"] == ["+", "-"] and rows["qwen-math-prm"]["labels"] is None
 
 
 def test_check_prm_passes_with_the_format(prm, capsys):
@@ -165,3 +167,13 @@ def test_formats_without_a_vllm_reader_are_refused_up_front():
         validate_spec("vllm:http://127.0.0.1:9", {"format": "visualprm"})
     with pytest.raises(ValueError, match="the visualprm format has no vllm backend"):
         validate_spec("vllm:http://127.0.0.1:9")  # no format: the default, VisualPRM's
+
+
+def test_the_format_is_detected_from_the_checkpoints_architecture(prm):
+    """``Qwen2ForProcessRewardModel`` in config.json names this format alone: no option needed, the same identity."""
+    from vlmeval_prm.prm import scorer_identity, spec_format
+
+    spec = prm.identity
+    assert spec_format(spec) == "qwen-math-prm"
+    assert scorer_identity(spec) == scorer_identity(spec, {"format": "qwen-math-prm"})
+    assert spec_format("transformers:tiny:prm") == "visualprm"  # an InternVL checkpoint names no format alone

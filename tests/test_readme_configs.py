@@ -79,7 +79,15 @@ def test_every_model_entry_binds_to_its_classes(config):
 
     for name, entry in config["model"].items():
         entry = dict(entry)
-        assert entry.pop("class") == "BestOfN" and hasattr(vlmeval.vlm, "BestOfN")  # registered by the plugin
+        cls = entry.pop("class")
+        assert cls in ("BestOfN", "PRMJudge") and hasattr(vlmeval.vlm, cls)  # registered by the plugin
+        if cls == "PRMJudge":  # a PRM evaluated as a model (VisualProcessBench): its spec, its backend's options
+            from vlmeval_prm.prm import backend_class, parse_spec
+
+            prm, options = entry.pop("prm"), entry
+            parse_spec(prm)
+            inspect.signature(backend_class(prm)).bind("target", **options)
+            continue
         args = inspect.signature(BestOfN).bind(**entry).arguments
         sampling = {k: args[k] for k in inspect.signature(SamplingConfig).parameters if k in args}
         SamplingConfig(**sampling)

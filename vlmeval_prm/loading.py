@@ -85,6 +85,43 @@ def load_remote_code_model(path: str, device: str | None = None, dtype: str | No
     return model, tokenizer
 
 
+def package_classes(path: str, fmt: str, module: str | None = None) -> tuple[type, type] | None:
+    """The model and processor classes of format ``fmt`` whose code is a package of its own
+    (``PRMFormat.model_code``; ``module`` replaces the package's module, e.g. "models.ursa_model"), imported;
+    None for a format without one. ValueError saying how to make the package importable when it is not."""
+    import importlib
+
+    from vlmeval_prm.prm.formats import format_class
+
+    code = format_class(fmt).model_code
+    if code is None:
+        if module is not None:
+            raise ValueError(f"the code option names a model package; the {fmt} format loads none")
+        return None
+    classes = []
+    for entry in code:
+        default, _, name = entry.partition(":")
+        try:
+            classes.append(getattr(importlib.import_module(module or default), name))
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(
+                f"the {fmt} format loads {path} with its own package ({module or default}), which does not "
+                f"import: {exc}. Put the directory holding it on PYTHONPATH, or name it with the option "
+                '{"code": "<module>"}'
+            ) from None
+    return classes[0], classes[1]
+
+
+def load_package_model(path: str, classes: tuple[type, type], device: str | None, dtype: str | None):
+    """(model, processor) with ``classes`` (``package_classes``), both loaded with ``from_pretrained`` as
+    that package's own scripts load them."""
+    model_cls, processor_cls = classes
+    path = resolve_path(path)
+    device, torch_dtype = _device_dtype(device, dtype)
+    model = model_cls.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+    return model, processor_cls.from_pretrained(path)
+
+
 def load_images(paths) -> list:
     """PIL images in RGB; raises with the path when one cannot be opened."""
     from PIL import Image

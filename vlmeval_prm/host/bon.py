@@ -31,8 +31,8 @@ from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
 from vlmeval_prm.policy.base import permanent_failure
-from vlmeval_prm.prm import build_scorer, identity_from_server, scorer_identity, validate_spec
-from vlmeval_prm.prm.formats import DEFAULT_FORMAT, format_class
+from vlmeval_prm.prm import build_scorer, identity_from_server, scorer_identity, spec_format, validate_spec
+from vlmeval_prm.prm.formats import format_class
 from vlmeval_prm.remote_code import prepare_policy
 from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 from vlmeval_prm.select.strategies import Candidate, get_strategy, pick
@@ -214,7 +214,7 @@ class BestOfN(BaseModel):
         self.prm_options = dict(prm_options or {})
         validate_spec(self.prm_spec, self.prm_options)  # a bad spec fails here, before any sampling
         #: How candidates are cut into the steps the PRM scores: its format's rule.
-        self.prm_format = format_class(self.prm_options.get("format", DEFAULT_FORMAT))()
+        self.prm_format = format_class(spec_format(self.prm_spec, self.prm_options))()
         self.sampling = SamplingConfig(
             temperature=temperature,
             top_p=top_p,

@@ -203,8 +203,8 @@ def check_buffers(scorer, checkpoint: str) -> Check:
     ):
         return Check(
             "PASS",
-            f"not applicable: {type(model).__name__} is a transformers class, not the checkpoint's own "
-            "modelling code (transformers builds its buffers)",
+            f"not applicable: {type(model).__name__} ({type(model).__module__}) is not the checkpoint's own "
+            "modelling code (buffers are built by code installed beside transformers)",
         )
     before = _buffer_digests(model)
     kinds = _names(sorted({name.rsplit(".", 1)[-1] for name in before})) or "none"
@@ -292,7 +292,7 @@ def check_score(scorer, image: str, n_copies: int = 1) -> tuple[Check, list]:
         if bad:
             return Check("FAIL", f"P(+) outside [0, 1] or not finite: {bad}"), results
     first = results[0]
-    label = "P(class 1)" if scorer.fmt.head else f"P({scorer.fmt.good_token})"
+    label = {"softmax": "P(class 1)", "sigmoid": "sigmoid(head)"}.get(scorer.fmt.head, f"P({scorer.fmt.good_token})")
     reason = f"{label} per step: {', '.join(f'{s:.4f}' for s in first.scores)} ({len(steps)} steps)"
     if first.bounds:
         n = sum(b is not None for b in first.bounds)
@@ -504,8 +504,10 @@ def _examine(scorer, results: dict[str, Check], served: bool, checkpoint: str, i
     import torch
 
     param = next(scorer.model.parameters())
-    remote = type(scorer.model).__module__.startswith("transformers_modules")  # where transformers keeps remote code
-    kind = "the checkpoint's own modelling code" if remote else "transformers"
+    module = type(scorer.model).__module__
+    remote = module.startswith("transformers_modules")  # where transformers keeps remote code
+    package = not remote and not module.startswith("transformers.")
+    kind = "the checkpoint's own modelling code" if remote else f"the package {module}" if package else "transformers"
     results["load"] = Check(
         "PASS",
         f"{type(scorer.model).__name__} ({kind}) loaded in {seconds:.1f}s on {param.device}, "
@@ -519,8 +521,8 @@ def _examine(scorer, results: dict[str, Check], served: bool, checkpoint: str, i
         f"not applicable in-process: the plugin renders the checkpoint's conversation template (assistant header "
         f"{header!r})"
         if remote
-        else "not applicable in-process: the checkpoint's own chat template renders the prompt (its assistant "
-        "header was found)",
+        else "not applicable in-process: the checkpoint's own chat template renders the prompt"
+        + ("" if package else " (its assistant header was found)"),
     )
     results["score"], _ = check_score(scorer, image)
     text = scorer.render(PROBE_QUESTION, list(PROBE_STEPS), 1)

@@ -208,18 +208,25 @@ def prms(args) -> int:
                 "format": name,
                 "default": name == DEFAULT_FORMAT,
                 "backends": list(fmt.backends),
-                "labels": [fmt.good_token, fmt.bad_token],
+                "labels": None if fmt.head else [fmt.good_token, fmt.bad_token],
+                "head": fmt.head,
+                "marker": fmt.marker,
+                "detected_from": list(fmt.detects),
                 "system_prompt": fmt.system_prompt,
             }
         )
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
-    print(f"{'format':<16} {'backends':<24} labels")
+    print(f"{'format':<16} {'backends':<24} score read as")
     for r in rows:
+        reads = f"{r['head']} head at {r['marker']!r}" if r["head"] else "P({!r}) against {!r}".format(*r["labels"])
         default = "  (default)" if r["default"] else ""
-        print(f"{r['format']:<16} {', '.join(r['backends']):<24} {r['labels'][0]!r} / {r['labels'][1]!r}{default}")
-    print('\nchoose one with "prm_options": {"format": NAME} in a --config BestOfN entry (check-prm: --options)')
+        print(f"{r['format']:<16} {', '.join(r['backends']):<24} {reads}{default}")
+    print(
+        '\nchoose one with "prm_options": {"format": NAME} in a --config BestOfN entry (check-prm: --options); '
+        "an in-process checkpoint whose config.json names a format (detected_from) gets it unasked"
+    )
     return 0
 
 

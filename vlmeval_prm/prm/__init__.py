@@ -83,6 +83,22 @@ def scorer_identity(spec: str, options: dict | None = None, scorer: PRMScorer | 
     return cls.identity_of(target, effective)
 
 
+def spec_format(spec: str, options: dict | None = None) -> str:
+    """The PRM format ``spec`` scores in: its options' ``format``, else the one an in-process checkpoint's
+    ``config.json`` names (``formats.detect_format``), else the default."""
+    from vlmeval_prm.prm.formats import DEFAULT_FORMAT
+
+    given = (options or {}).get("format")
+    if given:
+        return given
+    backend, target = parse_spec(spec)
+    if backend != "transformers":
+        return DEFAULT_FORMAT
+    from vlmeval_prm.prm.hf_backend import checkpoint_format
+
+    return checkpoint_format(target, None)
+
+
 def validate_spec(spec: str, options: dict | None = None) -> None:
     """Check a PRM spec and its options before any expensive work (sampling, loading a model).
 
@@ -98,14 +114,14 @@ def validate_spec(spec: str, options: dict | None = None) -> None:
             raise ValueError(
                 f"the {backend} backend takes no option {', '.join(map(repr, unknown))} (it takes {', '.join(params)})"
             )
-        from vlmeval_prm.prm.formats import DEFAULT_FORMAT, check_backend
-
-        check_backend((options or {}).get("format", DEFAULT_FORMAT), backend)
         if (options or {}).get("template") is not None:
             from vlmeval_prm.prm.conversation import chat_template
 
             chat_template(options["template"])
         _CHECKS[backend](target, options or {})
+        from vlmeval_prm.prm.formats import check_backend
+
+        check_backend(spec_format(spec, options), backend)
     except ValueError as exc:
         raise ValueError(f"PRM spec {spec!r}: {exc}") from None
 
@@ -121,14 +137,18 @@ def _check_checkpoint(target: str, options: dict) -> None:
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{path} has no config.json: not a model checkpoint")
-        return
-    if not _HUB_ID.match(target) or target.startswith("."):
+    elif not _HUB_ID.match(target) or target.startswith("."):
         raise ValueError(f"no such checkpoint directory: {path}")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(target, "config.json"), str):
             raise ValueError(f"{target} is neither a local directory nor in the hub cache (HF_HUB_OFFLINE is set)")
+    # a format whose model code is a package of its own: that package imports (before any work)
+    from vlmeval_prm.loading import package_classes
+    from vlmeval_prm.prm.hf_backend import checkpoint_format
+
+    package_classes(target, checkpoint_format(target, options.get("format")), options.get("code"))
 
 
 def _check_servers(target: str, options: dict) -> None:

@@ -45,12 +45,13 @@ from vlmeval_prm.loading import (
     internvl_tiles,
     load_model_and_processor,
     load_remote_code_model,
+    package_classes,
     uses_remote_code,
 )
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed, prepare
 from vlmeval_prm.prm.conversation import INTERNVL_IMAGE, chat_template
-from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, PRMFormat, build_format, format_class
+from vlmeval_prm.prm.formats import DEFAULT_FORMAT, FORMAT_DEFAULT, PRMFormat, build_format, detect_format, format_class
 
 log = get_logger(__name__)
 
@@ -360,6 +361,73 @@ class _TextInputs:
         return "a text PRM with a classification head is scored in full"
 
 
+class _PackageInputs:
+    """A PRM whose model code is a package of its own (``PRMFormat.model_code``, e.g. URSA's ``ursa_model``),
+    fed as that PRM's scoring code feeds it: its processor's chat template over plain-text contents, then the
+    processor on the prompt and the images, one candidate per forward pass. The model merges each image
+    token into many image features, so its head's output is longer than the prompt; ``logits`` maps it back
+    to the prompt's positions (each image token widens the sequence by features - 1)."""
+
+    #: Candidates per forward pass: the package's own merge of image features assumes one sequence.
+    max_batch = 1
+
+    def __init__(self, path: str, fmt: PRMFormat, device, dtype, classes: tuple[type, type]):
+        from vlmeval_prm.loading import load_package_model
+
+        self.fmt = fmt
+        self.model, self.processor = load_package_model(path, classes, device, dtype)
+        self.tokenizer = self.processor.tokenizer
+        self.image_token_id = self.model.config.image_token_index
+        self.pattern = None
+
+    def render(self, question: str, steps: list[str], n_images: int) -> str:
+        messages = self.fmt.text_messages(question, steps, n_images)
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def images(self, paths: Sequence[str]):
+        return [self.fmt.load_image(p) for p in paths]
+
+    def encode(self, texts: list[str], images) -> dict:
+        if len(texts) != 1:
+            raise ValueError(f"{self.fmt.name} scores one candidate per forward pass, got {len(texts)}")
+        enc = self.processor(texts[0], list(images) if images else None, return_tensors="pt")
+        dtype = next(self.model.parameters()).dtype
+        return {k: v.to(self.model.device, dtype if v.is_floating_point() else None) for k, v in enc.items()}
+
+    def logits(self, inputs: dict):
+        """The head's output at the prompt's own positions ([1, prompt tokens, outputs])."""
+        import torch
+
+        merged = self.model(**inputs).logits.float()
+        ids = inputs["input_ids"]
+        images = ids == self.image_token_id
+        n_images = int(images.sum())
+        if not n_images:
+            return merged
+        extra, rest = divmod(merged.shape[1] - ids.shape[1], n_images)
+        if rest:
+            raise ValueError(f"{merged.shape[1]} outputs for {ids.shape[1]} tokens and {n_images} images")
+        # a token's place in the merged sequence: its own index plus (features - 1) per image token before it
+        before = torch.cumsum(images.long(), dim=1) - images.long()
+        where = (torch.arange(ids.shape[1], device=ids.device) + extra * before).unsqueeze(-1)
+        return merged.gather(1, where.expand(-1, -1, merged.shape[-1]))
+
+    def can_share(self) -> str | None:
+        return f"the {self.fmt.name} model merges image features inside its forward; scored in full"
+
+
+def checkpoint_format(path: str, format: str | None) -> str:
+    """``format`` if given, else the one the checkpoint's ``config.json`` names (``detect_format``), else the
+    default. A checkpoint whose config cannot be read (a hub id not cached) gets the default."""
+    if format:
+        return format
+    try:
+        config = checkpoint_config(path)
+    except (OSError, ValueError):
+        return DEFAULT_FORMAT
+    return detect_format(config) or DEFAULT_FORMAT
+
+
 def checkpoint_id(path: str) -> str:
     """A checkpoint as a scorer identity names it: a tiny model with its recipe version (same
     weights wherever it is built), a local directory by its real path, a hub id as given."""
@@ -384,6 +452,8 @@ class TransformersPRM(PRMScorer):
     ``config.template`` is not one we know; an HF-native checkpoint always uses its own chat template.
     ``share_prefix``: prefill the prefix the candidates share once (see the module docstring); False scores
     every candidate in full. ``kv_budget_mb``: memory the expanded KV caches of one shared-prefix batch may take.
+    ``format``: None takes the one the checkpoint's ``config.json`` names, else VisualPRM's. ``code``: the
+    module holding the model package of a format that loads one (URSA's ``ursa_model`` by default).
     """
 
     concurrent = False  # one model in this process
@@ -391,7 +461,7 @@ class TransformersPRM(PRMScorer):
     def __init__(
         self,
         path: str,
-        format: str = DEFAULT_FORMAT,
+        format: str | None = None,
         system_prompt: str | None = FORMAT_DEFAULT,
         template: str | dict | None = None,
         batch_size: int = 8,
@@ -402,6 +472,7 @@ class TransformersPRM(PRMScorer):
         max_num: int | None = None,
         share_prefix: bool = True,
         kv_budget_mb: float = KV_BUDGET_MB,
+        code: str | None = None,
     ):
         import torch
 
@@ -409,10 +480,16 @@ class TransformersPRM(PRMScorer):
             raise ValueError(f"batch_size must be >= 1 and kv_budget_mb > 0, got {batch_size} and {kv_budget_mb}")
         self._torch = torch
         self.identity = f"transformers:{path}"
-        self.batch_size = batch_size
         self.kv_budget = kv_budget_mb * 2**20
         config = checkpoint_config(path)
-        if format_class(format).text_only:
+        if not format and (format := checkpoint_format(path, None)) != DEFAULT_FORMAT:
+            log.info("%s: scoring in the %s format (its config.json names it)", path, format)
+        format = format or DEFAULT_FORMAT
+        package = package_classes(path, format, code)
+        if package:
+            self.fmt = build_format(format, system_prompt=system_prompt)
+            self.inputs = _PackageInputs(path, self.fmt, device, dtype, package)
+        elif format_class(format).text_only:
             if template is not None:
                 raise ValueError(f"{path} is rendered with its own chat template; drop the template option")
             self.fmt = build_format(format, system_prompt=system_prompt)
@@ -442,6 +519,7 @@ class TransformersPRM(PRMScorer):
             self.fmt = build_format(format, system_prompt=system_prompt)
             self.inputs = _NativeInputs(path, self.fmt, device, dtype, trust_remote_code, attn_implementation)
         self.model, self.tokenizer = self.inputs.model, self.inputs.tokenizer
+        self.batch_size = min(batch_size, getattr(self.inputs, "max_batch", batch_size))
         self.good_id, self.bad_id = self.fmt.label_ids(self.tokenizer) or (None, None)
         self.marker_id = self.fmt.marker_id(self.tokenizer) if self.fmt.marker else None
         self.max_length = getattr(self.tokenizer, "model_max_length", None)
@@ -457,15 +535,15 @@ class TransformersPRM(PRMScorer):
         checkpoint's own), the tiles per image and the dtype of the forward pass. Not batch_size,
         device, attn_implementation, share_prefix or kv_budget_mb: they change speed, and scores only
         to float rounding."""
-        template = options["template"]
+        template, format = options["template"], checkpoint_format(path, options["format"])
         return {
             "backend": "transformers",
             "checkpoint": checkpoint_id(path),
             "format": {
-                **build_format(options["format"], system_prompt=options["system_prompt"]).identity(),
+                **build_format(format, system_prompt=options["system_prompt"]).identity(),
                 "template": asdict(chat_template(template)) if template is not None else None,
             },
-            "max_num": tiles_per_image(options["format"], options["max_num"]),
+            "max_num": tiles_per_image(format, options["max_num"]),
             "dtype": str(_device_dtype(options["device"], options["dtype"])[1]).removeprefix("torch."),
         }
 

@@ -12,7 +12,16 @@ import importlib
 
 from vlmeval_prm.prm.formats.base import FORMAT_DEFAULT, PRMFormat
 
-__all__ = ["DEFAULT_FORMAT", "FORMATS", "FORMAT_DEFAULT", "PRMFormat", "build_format", "check_backend", "format_class"]
+__all__ = [
+    "DEFAULT_FORMAT",
+    "FORMATS",
+    "FORMAT_DEFAULT",
+    "PRMFormat",
+    "build_format",
+    "check_backend",
+    "detect_format",
+    "format_class",
+]
 
 #: name -> "module:Class", imported when used.
 FORMATS: dict[str, str] = {
@@ -20,6 +29,7 @@ FORMATS: dict[str, str] = {
     "vl-prm": "vlmeval_prm.prm.formats.vl_prm:VLPRMFormat",
     "mm-prm": "vlmeval_prm.prm.formats.mm_prm:MMPRMFormat",
     "qwen-math-prm": "vlmeval_prm.prm.formats.qwen_math_prm:QwenMathPRMFormat",
+    "ursa-rm": "vlmeval_prm.prm.formats.ursa_rm:URSARMFormat",
 }
 #: The format of a PRM spec whose options name none (VisualPRM-8B's, the plugin's default PRM).
 DEFAULT_FORMAT = "visualprm"
@@ -31,6 +41,14 @@ def format_class(name: str) -> type[PRMFormat]:
         raise ValueError(f"unknown PRM format {name!r}; registered formats: {', '.join(sorted(FORMATS))}")
     module, _, cls = FORMATS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def detect_format(config: dict) -> str | None:
+    """The format a checkpoint's ``config.json`` names unambiguously (its ``model_type`` or an
+    architecture that one format alone reads, e.g. URSA's ``ursa``), else None."""
+    names = {config.get("model_type"), *(config.get("architectures") or ())}
+    found = [name for name in FORMATS if names & set(format_class(name).detects)]
+    return found[0] if len(found) == 1 else None
 
 
 def check_backend(name: str, backend: str) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
-from vlmeval_prm.prm.conversation import INTERNVL_IMAGE, ChatTemplate, Turn, build_messages
+from vlmeval_prm.prm.conversation import IMAGE, INTERNVL_IMAGE, ChatTemplate, Turn, build_messages
 from vlmeval_prm.steps import split_steps
 
 #: An option value that keeps the format's own setting (e.g. its system prompt).
@@ -39,10 +39,18 @@ class PRMFormat:
     #: InternVL tiles per image for remote-code checkpoints (None: the backend's default).
     max_tiles: ClassVar[int | None] = None
     #: How a score comes out of the logits at a read position: None, a two-way softmax over the label
-    #: tokens (P(good)); "softmax", a two-class classification head's softmax (P of class 1).
+    #: tokens (P(good)); "softmax", a two-class classification head's softmax (P of class 1); "sigmoid",
+    #: a one-output head's sigmoid.
     head: ClassVar[str | None] = None
     #: A text PRM: shown no images (loaded with ``AutoModel`` and its tokenizer's chat template).
     text_only: ClassVar[bool] = False
+    #: What stands for one image where the chat template is given plain-text contents (URSA's ``<|image|>``).
+    image_text: ClassVar[str] = ""
+    #: A model whose code is a Python package of its own, neither in transformers nor in the checkpoint:
+    #: ("module:ModelClass", "module:ProcessorClass"), both loaded with ``from_pretrained``.
+    model_code: ClassVar[tuple[str, str] | None] = None
+    #: ``config.json`` ``model_type`` or ``architectures`` values that name this format unambiguously.
+    detects: ClassVar[tuple[str, ...]] = ()
 
     system_prompt: str | None = None
     good_token: str = "+"
@@ -66,9 +74,12 @@ class PRMFormat:
         """HF chat messages (content parts) for a processor's own chat template."""
         return build_messages(self.conversation(question, steps, n_images))
 
-    def text_messages(self, question: str, steps: Sequence[str]) -> list[dict]:
-        """Chat messages with plain-text contents, for a text PRM (no images)."""
-        return [{"role": t.role, "content": "".join(t.parts)} for t in self.conversation(question, steps, 0)]
+    def text_messages(self, question: str, steps: Sequence[str], n_images: int = 0) -> list[dict]:
+        """Chat messages with plain-text contents, each image as ``image_text`` (a text PRM: none)."""
+        return [
+            {"role": t.role, "content": "".join(self.image_text if p is IMAGE else p for p in t.parts)}
+            for t in self.conversation(question, steps, n_images)
+        ]
 
     def prompt_head(self, question: str, n_images: int, image: str) -> str:
         """The text every candidate's prompt starts with: all that comes before the first step."""
@@ -87,6 +98,8 @@ class PRMFormat:
 
         if self.head == "softmax":
             return torch.softmax(logits.float(), dim=-1)[:, 1]
+        if self.head == "sigmoid":
+            return torch.sigmoid(logits.float()[:, 0])
         return torch.softmax(logits[:, list(labels)].float(), dim=-1)[:, 0]
 
     def marker_id(self, tokenizer) -> int:

@@ -29,6 +29,8 @@ class QwenMathPRMFormat(PRMFormat):
     marker = STEP_SEPARATOR
     head = "softmax"
     text_only = True
+    #: Its card's architecture (the checkpoint's own ``Qwen2ForProcessRewardModel``).
+    detects = ("Qwen2ForProcessRewardModel",)
     system_prompt: str | None = QWEN_MATH_SYSTEM_PROMPT
     good_token: str = ""  # read from a head, not from label tokens
     bad_token: str = ""
