@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vlmeval_prm.datasets.critic import build_critic_prompt, parse_verdicts
+from vlmeval_prm.prm.critic import build_critic_prompt, parse_verdicts
 
 
 @pytest.mark.parametrize(

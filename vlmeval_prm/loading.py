@@ -85,15 +85,14 @@ def load_remote_code_model(path: str, device: str | None = None, dtype: str | No
     return model, tokenizer
 
 
-def package_classes(path: str, fmt: str, module: str | None = None) -> tuple[type, type] | None:
-    """The model and processor classes of format ``fmt`` whose code is a package of its own
-    (``PRMFormat.model_code``; ``module`` replaces the package's module, e.g. "models.ursa_model"), imported;
+def package_classes(
+    path: str, fmt: str, code: tuple[str, str] | None, module: str | None = None
+) -> tuple[type, type] | None:
+    """The model and processor classes of format ``fmt`` whose code is a package of its own (``code``, its
+    ``PRMFormat.model_code``; ``module`` replaces the package's module, e.g. "models.ursa_model"), imported;
     None for a format without one. ValueError saying how to make the package importable when it is not."""
     import importlib
 
-    from vlmeval_prm.prm.formats import format_class
-
-    code = format_class(fmt).model_code
     if code is None:
         if module is not None:
             raise ValueError(f"the code option names a model package; the {fmt} format loads none")

@@ -15,6 +15,7 @@ so no line shows twice. vlmeval is never imported just to log.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 #: VLMEvalKit's root logger (``ROOT_LOGGER_NAME`` in vlmeval/smp/log.py).
@@ -65,3 +66,44 @@ def get_logger(name: str) -> logging.Logger:
     root = _setup()
     suffix = name.removeprefix(PACKAGE).lstrip(".")
     return root.getChild(suffix) if suffix else root
+
+
+#: Names of settings that hold credentials (config keys, environment variables).
+SECRET_NAMES = ("key", "token", "secret", "password")
+
+
+def is_secret(name: str) -> bool:
+    return any(part in name.lower() for part in SECRET_NAMES)
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every registered secret in a log line by ``***`` (VLMEvalKit's GPT4V logs its API key when
+    it is built). Installed on the handlers, so lines from any logger are covered."""
+
+    def __init__(self):
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = text
+        for secret in self.secrets:
+            masked = masked.replace(secret, "***")
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
+
+
+_REDACT = RedactSecrets()
+
+
+def redact_secrets(config: dict | None = None) -> None:
+    """Keep the secrets of ``config`` (values of credential-named keys) and of the environment (e.g.
+    ``OPENAI_API_KEY``) out of every log line that the handlers of VLMEvalKit's and the root logger write."""
+    values = {str(v) for k, v in (config or {}).items() if is_secret(k) and v}
+    values |= {v for k, v in os.environ.items() if is_secret(k) and len(v) >= 8}
+    _REDACT.secrets |= {v for v in values if len(v) >= 4}
+    for logger in (logging.getLogger(VLMEVAL_ROOT), logging.getLogger()):
+        for handler in logger.handlers:
+            if _REDACT not in handler.filters:
+                handler.addFilter(_REDACT)

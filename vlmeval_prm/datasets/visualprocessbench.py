@@ -17,7 +17,7 @@ release, delete ``$LMUData/VisualProcessBench*.tsv``.
 Two kinds of predictions are scored (see :mod:`vlmeval_prm.datasets.process_metric` for the metric and how
 failures count): a JSON list of per-step P(+) from a PRM (``vlmeval_prm.host.prm_judge.PRMJudge``), or
 the text reply of any other model answering the critic prompt built here
-(:mod:`vlmeval_prm.datasets.critic`).
+(:mod:`vlmeval_prm.prm.critic`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from vlmeval.dataset.image_base import ImageBaseDataset
 from vlmeval.smp import LMUDataRoot, dump, get_intermediate_file_path, load
 from vlmeval.smp.file import INFER_FAIL_MSG
 
-from vlmeval_prm.datasets.critic import build_critic_prompt, parse_verdicts
 from vlmeval_prm.datasets.process_metric import DEFAULT_THRESHOLD, LABELS, summarize
 from vlmeval_prm.logs import get_logger
+from vlmeval_prm.prm.critic import build_critic_prompt, parse_verdicts
 
 log = get_logger(__name__)
 

@@ -31,6 +31,7 @@ from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
 from vlmeval_prm.policy.base import permanent_failure
+from vlmeval_prm.policy.build import build_base
 from vlmeval_prm.prm import build_scorer, identity_from_server, scorer_identity, spec_format, validate_spec
 from vlmeval_prm.prm.formats import format_class
 from vlmeval_prm.remote_code import prepare_policy
@@ -138,25 +139,6 @@ def seed_sampling(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_base(model, **kwargs):
-    """A base model from a ``supported_VLM`` name or a ``--config``-style dict with ``class``."""
-    from vlmeval.config import supported_VLM
-
-    if isinstance(model, dict):
-        import vlmeval.api
-        import vlmeval.vlm
-
-        cfg = dict(model)
-        cls_name = cfg.pop("class")
-        for mod in (vlmeval.vlm, vlmeval.api):
-            if hasattr(mod, cls_name):
-                return getattr(mod, cls_name)(**cfg, **kwargs)
-        raise ValueError(f"base model class {cls_name!r} is not in vlmeval.vlm or vlmeval.api")
-    if model not in supported_VLM:
-        raise KeyError(f"base model {model!r} is not in VLMEvalKit's supported_VLM")
-    return supported_VLM[model](**kwargs)
 
 
 def changed(old: dict | None, new: dict) -> list[str]:

@@ -2,7 +2,7 @@
 
 ``transformers:/path/or/hub-id`` loads the PRM in-process (HF-native or remote-code InternVL
 checkpoints); ``lmdeploy:http://host:23333`` (several URLs separated by commas) talks to served PRMs,
-``vllm:http://host:8000`` to vLLM pooling servers (head-read formats).
+``vllm:http://host:8000`` to vLLM servers; ``critic:<model>`` asks any VLMEvalKit model for step verdicts.
 A spec without a backend prefix is taken as ``transformers:<spec>``.
 """
 
@@ -23,6 +23,7 @@ BACKENDS: dict[str, str] = {
     "transformers": "vlmeval_prm.prm.hf_backend:TransformersPRM",
     "lmdeploy": "vlmeval_prm.prm.lmdeploy_backend:LMDeployPRM",
     "vllm": "vlmeval_prm.prm.vllm_backend:VLLMPRM",
+    "critic": "vlmeval_prm.prm.critic_backend:CriticPRM",
 }
 
 #: A hub model id: "name" or "owner/name" (what is not a local directory must look like this).
@@ -119,9 +120,10 @@ def validate_spec(spec: str, options: dict | None = None) -> None:
 
             chat_template(options["template"])
         _CHECKS[backend](target, options or {})
-        from vlmeval_prm.prm.formats import check_backend
+        if _backend_class(backend).uses_format:
+            from vlmeval_prm.prm.formats import check_backend
 
-        check_backend(spec_format(spec, options), backend)
+            check_backend(spec_format(spec, options), backend)
     except ValueError as exc:
         raise ValueError(f"PRM spec {spec!r}: {exc}") from None
 
@@ -146,9 +148,11 @@ def _check_checkpoint(target: str, options: dict) -> None:
             raise ValueError(f"{target} is neither a local directory nor in the hub cache (HF_HUB_OFFLINE is set)")
     # a format whose model code is a package of its own: that package imports (before any work)
     from vlmeval_prm.loading import package_classes
+    from vlmeval_prm.prm.formats import format_class
     from vlmeval_prm.prm.hf_backend import checkpoint_format
 
-    package_classes(target, checkpoint_format(target, options.get("format")), options.get("code"))
+    fmt = checkpoint_format(target, options.get("format"))
+    package_classes(target, fmt, format_class(fmt).model_code, options.get("code"))
 
 
 def _check_servers(target: str, options: dict) -> None:
@@ -176,5 +180,34 @@ def _check_vllm_servers(target: str, options: dict) -> None:
     server_urls(target)
 
 
+def _check_critic(target: str, options: dict) -> None:
+    """A judge VLMEvalKit can build: a ``supported_VLM`` name, or a config dict whose class it has."""
+    model = options.get("model")
+    if model is not None:
+        import vlmeval.api
+        import vlmeval.vlm
+
+        if not isinstance(model, dict) or not any(
+            hasattr(m, str(model.get("class"))) for m in (vlmeval.vlm, vlmeval.api)
+        ):
+            raise ValueError(
+                'the critic option "model" must be a config dict whose "class" is in vlmeval.vlm or vlmeval.api'
+            )
+        return
+    from vlmeval.config import supported_VLM
+
+    if target not in supported_VLM:
+        import difflib
+
+        close = difflib.get_close_matches(target, list(supported_VLM), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f'no VLMEvalKit model {target!r}{hint}; name a supported_VLM model or give the option "model"')
+
+
 #: backend -> check of its target (and options), run by validate_spec.
-_CHECKS = {"transformers": _check_checkpoint, "lmdeploy": _check_servers, "vllm": _check_vllm_servers}
+_CHECKS = {
+    "transformers": _check_checkpoint,
+    "lmdeploy": _check_servers,
+    "vllm": _check_vllm_servers,
+    "critic": _check_critic,
+}

@@ -71,6 +71,8 @@ class PRMScorer(abc.ABC):
     identity_from_server: bool = False
     #: Whether several questions may be scored at once (served PRMs), or one at a time (a model in process).
     concurrent: bool = True
+    #: Whether the backend scores in a PRM format (``prm.formats``; a critic asks its own prompt).
+    uses_format: bool = True
 
     @abc.abstractmethod
     def score(

@@ -485,7 +485,7 @@ class TransformersPRM(PRMScorer):
         if not format and (format := checkpoint_format(path, None)) != DEFAULT_FORMAT:
             log.info("%s: scoring in the %s format (its config.json names it)", path, format)
         format = format or DEFAULT_FORMAT
-        package = package_classes(path, format, code)
+        package = package_classes(path, format, format_class(format).model_code, code)
         if package:
             self.fmt = build_format(format, system_prompt=system_prompt)
             self.inputs = _PackageInputs(path, self.fmt, device, dtype, package)
