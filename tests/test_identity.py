@@ -152,7 +152,7 @@ def test_another_max_steps_rescores_and_a_fully_scored_rerun_never_loads_the_prm
     run(make_bon(), message)
     bon = make_bon()
     run(bon, message)
-    assert bon._prm is None  # computing the identity did not load it either
+    assert bon.scoring._scorer is None  # computing the identity did not load it either
     changed, sampled, scored = run(make_bon(max_steps=2), message)
     assert sampled == 0 and scored == N
 

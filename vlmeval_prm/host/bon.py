@@ -27,18 +27,17 @@ from vlmeval.vlm.base import BaseModel
 from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEFAULT_STEP_PROMPT, MAX_STEPS, SPEC_ENV
 from vlmeval_prm.host.config_keys import check_keys
 from vlmeval_prm.host.run_context import store_path
+from vlmeval_prm.host.scoring import StoreScoring
 from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
 from vlmeval_prm.policy.base import permanent_failure
 from vlmeval_prm.policy.build import build_base
-from vlmeval_prm.prm import build_scorer, identity_from_server, scorer_identity, spec_format, validate_spec
-from vlmeval_prm.prm.formats import format_class
 from vlmeval_prm.remote_code import prepare_policy
-from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
+from vlmeval_prm.select.aggregate import AGGREGATORS
 from vlmeval_prm.select.strategies import Candidate, get_strategy, pick
 from vlmeval_prm.store.jsonl import CandidateStore, SampleRecords
-from vlmeval_prm.store.records import CandidateRecord, SampleRecord, ScoreRecord, Summary, digest
+from vlmeval_prm.store.records import CandidateRecord, SampleRecord, Summary, digest
 
 log = get_logger(__name__)
 
@@ -141,20 +140,6 @@ def seed_sampling(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def changed(old: dict | None, new: dict) -> list[str]:
-    """The entries of a scorer identity that differ (``format.system_prompt``, ``max_steps``, ...)."""
-    if not isinstance(old, dict):
-        return []
-    out = []
-    for name in sorted(set(old) | set(new)):
-        a, b = old.get(name), new.get(name)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{name}.{sub}" for sub in changed(a, b)]
-        elif a != b:
-            out.append(name)
-    return out
-
-
 def _own_keys(cls: type) -> list[str]:
     """The config keys a wrapper's constructor names itself (not ``model`` and the base's ``**kwargs``)."""
     params = inspect.signature(cls.__init__).parameters.values()
@@ -191,12 +176,10 @@ class BestOfN(BaseModel):
         if aggregate not in AGGREGATORS:
             raise ValueError(f"aggregate must be one of {sorted(AGGREGATORS)}, got {aggregate!r}")
         self.n, self.aggregate, self.max_steps, self.orm = n, aggregate, max_steps, orm
-        self.retry_failed = retry_failed
         self.prm_spec = prm or os.environ.get(SPEC_ENV) or DEFAULT_PRM_SPEC
         self.prm_options = dict(prm_options or {})
-        validate_spec(self.prm_spec, self.prm_options)  # a bad spec fails here, before any sampling
-        #: How candidates are cut into the steps the PRM scores: its format's rule.
-        self.prm_format = format_class(spec_format(self.prm_spec, self.prm_options))()
+        # a bad spec fails here, before any sampling
+        self.scoring = StoreScoring(self.prm_spec, self.prm_options, max_steps, aggregate, retry_failed)
         self.sampling = SamplingConfig(
             temperature=temperature,
             top_p=top_p,
@@ -221,8 +204,6 @@ class BestOfN(BaseModel):
         self.sampling_id = digest(self.sampling_identity)
         self.is_api = getattr(self.base, "is_api", False)
         self.INTERLEAVE = getattr(self.base, "INTERLEAVE", False)
-        self._prm = None
-        self._scorer: tuple[dict, str] | None = None
         self._stores: dict[str, CandidateStore] = {}
         self._lock = threading.Lock()
         self._said: set[tuple[str, str]] = set()  # (store, what): what was said once per store
@@ -255,22 +236,12 @@ class BestOfN(BaseModel):
     @property
     def prm(self):
         """Built on first use: a rerun whose candidates are all scored never touches the PRM."""
-        with self._lock:
-            if self._prm is None:
-                self._prm = build_scorer(self.prm_spec, **self.prm_options)
-            return self._prm
+        return self.scoring.scorer
 
     @property
     def prm_identity(self) -> tuple[dict, str]:
-        """(identity, digest) of the scorer: the PRM's (``prm.scorer_identity``, which loads no model)
-        and ``max_steps``. Scores stored by another identity are not this run's."""
-        # a served PRM names its model once connected: the scorer is built first (outside the lock it takes)
-        scorer = self.prm if identity_from_server(self.prm_spec) else None
-        with self._lock:
-            if self._scorer is None:
-                identity = {**scorer_identity(self.prm_spec, self.prm_options, scorer), "max_steps": self.max_steps}
-                self._scorer = identity, digest(identity)
-            return self._scorer
+        """(identity, digest) of the scorer (``StoreScoring.identity``): scores stored by another are not this run's."""
+        return self.scoring.identity
 
     def _say_once(self, store: CandidateStore, what: str, message: str, *args) -> None:
         with self._lock:
@@ -396,52 +367,18 @@ class BestOfN(BaseModel):
     def _score_missing(
         self, store: CandidateStore, entry: SampleRecords, key: str, question: str, images: list[str], mode: str
     ) -> None:
-        identity, scorer = self.prm_identity
-        todo = []
-        for i in range(self.n):
-            text = entry.text(i, self.sampling_id)
-            done = entry.score(i, self.prm_spec, mode, self.sampling_id, scorer)
-            if text is None or (done is not None and not self._rescore(done)):
-                continue
-            other = entry.score(i, self.prm_spec, mode, self.sampling_id) if done is None else None
-            if other is not None:
-                self._say_once(
-                    store,
-                    f"scorer-{mode}",
-                    "%s: %s scores stored in %s were made by another scorer (changed: %s); scoring every "
-                    "candidate again",
-                    self.name,
-                    mode,
-                    store.path,
-                    ", ".join(changed(other.meta.get("identity"), identity)) or "unknown",
-                )
-            todo.append((i, self.prm_format.split(text, self.max_steps)))
-        if not todo:
-            return
-        results = self.prm.score(question, images, [steps for _, steps in todo], mode=mode)
-        for (i, steps), res in zip(todo, results):
-            store.append(
-                ScoreRecord(
-                    key=key,
-                    i=i,
-                    prm=self.prm_spec,
-                    mode=mode,
-                    response_score=response_score(res.scores, self.aggregate) if res.ok else None,
-                    steps=res.steps,
-                    step_scores=res.scores,
-                    error=res.error,
-                    bounds=res.bounds,
-                    meta={**res.meta, "identity": identity},
-                    retry=res.error is not None and res.transient and bool(steps),
-                    sampling=entry.candidate(i, self.sampling_id).sampling,
-                    scorer=scorer,
-                )
+        def other_scorer(changes: str) -> None:
+            self._say_once(
+                store,
+                f"scorer-{mode}",
+                "%s: %s scores stored in %s were made by another scorer (changed: %s); scoring every candidate again",
+                self.name,
+                mode,
+                store.path,
+                changes,
             )
 
-    def _rescore(self, done: ScoreRecord) -> bool:
-        """A stored failure is scored again when it was transient (connection error, timeout, 5xx), or
-        with ``retry_failed`` when it has steps. Permanent ones (context length, no steps) stay failed."""
-        return done.retry or (self.retry_failed and done.error is not None and bool(done.steps))
+        self.scoring.score_missing(store, entry, key, question, images, mode, self.n, self.sampling_id, other_scorer)
 
     def _select(self, entry: SampleRecords, key: str, dataset: str | None) -> dict:
         """The report's rule (``strategies``, ``prm_<aggregate>``): a draw among the best-scored
