@@ -16,11 +16,11 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from vlmeval_prm.host import bon as bon_module
 from vlmeval_prm.host.bon import FAIL_MSG, BestOfN
 from vlmeval_prm.prm.base import PRMScorer, StepScores, failed
 from vlmeval_prm.report.collect import store_candidate
 from vlmeval_prm.select.bon_at_k import sample_at_k
+from vlmeval_prm.store import scoring as scoring_module
 from vlmeval_prm.store.jsonl import index_records, read_records
 
 SPEC = "transformers:planted-standin"
@@ -84,9 +84,9 @@ def image(tmp_path):
 def make_bon(aggregate, monkeypatch):
     base = {"class": "TransformersChat", "model_path": "tiny:policy", "max_new_tokens": 8}
     # the PRM is the planted stand-in below, not a checkpoint: skip the spec check (tests/test_prm_spec.py)
-    monkeypatch.setattr(bon_module, "validate_spec", lambda spec, options: None)
+    monkeypatch.setattr(scoring_module, "validate_spec", lambda spec, options: None)
     bon = BestOfN(model=base, n=N, prm=SPEC, aggregate=aggregate, name=f"planted-{aggregate}")
-    bon._prm = PlantedPRM()
+    bon.scoring._scorer = PlantedPRM()
 
     def generate(message, n, **kw):  # the question names the pattern; candidate i gets text(pattern, i)
         pattern = message[-1]["value"].split()[0]

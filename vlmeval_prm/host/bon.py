@@ -27,7 +27,6 @@ from vlmeval.vlm.base import BaseModel
 from vlmeval_prm.constants import DEFAULT_PRM_SPEC, DEFAULT_STEP_PROMPT, MAX_STEPS, SPEC_ENV
 from vlmeval_prm.host.config_keys import check_keys
 from vlmeval_prm.host.run_context import store_path
-from vlmeval_prm.host.scoring import StoreScoring
 from vlmeval_prm.loading import message_parts
 from vlmeval_prm.logs import get_logger
 from vlmeval_prm.policy import SamplingConfig, get_adapter
@@ -38,6 +37,7 @@ from vlmeval_prm.select.aggregate import AGGREGATORS
 from vlmeval_prm.select.strategies import Candidate, get_strategy, pick
 from vlmeval_prm.store.jsonl import CandidateStore, SampleRecords
 from vlmeval_prm.store.records import CandidateRecord, SampleRecord, Summary, digest
+from vlmeval_prm.store.scoring import StoreScoring
 
 log = get_logger(__name__)
 

@@ -163,9 +163,55 @@ def report(args) -> int:
     if args.judge_base_url:  # as vlmeval.run's --judge-base-url
         judge_kwargs["api_base"] = f"{args.judge_base_url.rstrip('/')}/chat/completions"
     runs = [(args.work_dir, m, d) for m in args.model for d in args.data]
+    if args.compare:
+        return compare_report(args, runs, judge_kwargs)
     results = build_report(runs, ks=args.ks, judge=args.judge, judge_kwargs=judge_kwargs)
     paper_report(results, ks=args.ks)  # every benchmark of a model in one table, and the scaling plot
     return int(any("error" in r for r in results.values()))
+
+
+def compare_report(args, runs: list[tuple[str, str, str]], judge_kwargs: dict) -> int:
+    """``report --compare``: the run's scorer and each ``--compare`` scorer on the run's candidates."""
+    from vlmeval_prm.prm import validate_spec
+    from vlmeval_prm.report.collect import ReportError
+    from vlmeval_prm.report.compare import Contender, compare
+
+    try:
+        options = json.loads(args.compare_options) if args.compare_options else {}
+        benchmarks = dict(item.split("=", 1) for item in args.benchmark or [])
+        if not isinstance(options, dict) or set(options) - set(args.compare) or set(benchmarks) - set(args.compare):
+            raise ValueError("--compare-options (a JSON object) and --benchmark name only --compare specs")
+        contenders = [
+            Contender(
+                spec,
+                options.get(spec, {}),
+                benchmark=_number_or_path(benchmarks[spec]) if spec in benchmarks else None,
+            )
+            for spec in args.compare
+        ]
+        for contender in contenders:  # every scorer checked before any judging or scoring
+            validate_spec(contender.spec, contender.options)
+    except ValueError as exc:
+        print(f"vlmeval-prm report: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for work_dir, model, data in runs:
+        print(f"\n=== {model} x {data}: scorers compared ===", flush=True)
+        try:
+            compare(work_dir, model, data, contenders, ks=args.ks, judge=args.judge, judge_kwargs=judge_kwargs)
+        except (ReportError, ValueError) as exc:
+            print(f"cannot compare on {model} x {data}: {exc}")
+            failed = 1
+    return failed
+
+
+def _number_or_path(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        if not os.path.isfile(value):
+            raise ValueError(f"--benchmark: {value!r} is neither a number nor a file") from None
+        return value
 
 
 def serve(args) -> int:
@@ -353,6 +399,19 @@ def _main(argv=None) -> int:
     )
     p.add_argument("--nproc", type=int, help="judge parallelism (default 4)")
     p.add_argument("--ks", type=int, nargs="+", help="values of N (default: 1, 2, 4, ... up to the run's N, and N)")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="SPEC",
+        help="also score the run's stored candidates with these scorers (PRM specs, critic:<model>) and compare",
+    )
+    p.add_argument("--compare-options", help='JSON object: options per --compare spec, {"SPEC": {...}}')
+    p.add_argument(
+        "--benchmark",
+        action="append",
+        metavar="SPEC=SCORE",
+        help="a --compare scorer's reward-benchmark score (a number, or its VisualProcessBench metrics CSV)",
+    )
     p = _command(sub, "serve", "Best-of-N behind an OpenAI-compatible API (/v1/chat/completions)", serve)
     p.add_argument("--model", help="a supported_VLM name (wrapped in Best-of-N) or a -BoN<N> name")
     p.add_argument("--config", help="VLMEvalKit --config JSON; --model picks one of its models")

@@ -46,6 +46,13 @@ class RunData:
     dataset_type: str
     prm: list[str]  # PRM specs recorded in the summaries
     notes: dict[str, int] = field(default_factory=dict)  # rows/candidates that are incomplete, by kind
+    #: What ``samples_for`` rebuilds the questions from for another scorer: the row summaries, the store,
+    #: every candidate's correctness ([candidate][row]) and each row's voting context.
+    summaries: list = field(default_factory=list, repr=False)
+    store_path: str = ""
+    correct: list = field(default_factory=list, repr=False)
+    votes: list = field(default_factory=list, repr=False)
+    table_index: list = field(default_factory=list, repr=False)
 
 
 def pred_root(work_dir: str, model_name: str) -> str:
@@ -179,24 +186,45 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
     correct = judge_candidates(
         dataset, table, texts, os.path.join(pred_root(work_dir, model_name), "bon_report"), model_name, judge_kwargs
     )
-    votes = vote_contexts(dataset, table)  # options by letter, numbers at the dataset's precision
+    run = RunData(
+        samples=[],
+        n=n,
+        dataset_type=dataset_type,
+        prm=sorted({s.prm for s in summaries if s and s.prm}),
+        notes={
+            "rows": len(table),
+            "rows_without_summary": sum(s is None for s in summaries),
+            "rows_not_in_store": sum(s is not None and e is None for s, e in zip(summaries, entries)),
+            "rows_with_fewer_than_n": 0,
+            "candidates_without_text": 0,
+        },
+        summaries=summaries,
+        store_path=store_path,
+        correct=correct,
+        votes=vote_contexts(dataset, table),  # options by letter, numbers at the dataset's precision
+        table_index=[str(i) for i in table["index"]],
+    )
+    run.samples = samples_for(run, store)
+    return run
 
-    notes = {
-        "rows": len(table),
-        "rows_without_summary": sum(s is None for s in summaries),
-        "rows_not_in_store": sum(s is not None and e is None for s, e in zip(summaries, entries)),
-        "rows_with_fewer_than_n": 0,
-        "candidates_without_text": 0,
-    }
+
+def samples_for(
+    run: RunData, store: dict[str, SampleRecords], prm: str | None = None, scorer: str | None = None
+) -> list[SampleCandidates]:
+    """The run's questions with their stored candidates, scored by ``prm``/``scorer`` (a digest); None: the
+    scorer each row's summary names (the run's own). Counts incomplete rows in ``run.notes`` for the run's own."""
+    own = prm is None
     samples = []
-    for r, (summary, entry) in enumerate(zip(summaries, entries)):
+    for r, summary in enumerate(run.summaries):
+        entry = store.get(summary.key) if summary else None
         if entry is None:  # no candidates at all: bon_curve drops the question, and says so
-            samples.append(SampleCandidates(key=str(table["index"].iloc[r]), candidates=[]))
+            samples.append(SampleCandidates(key=run.table_index[r], candidates=[]))
             continue
-        present = [i for i in range(n) if entry.candidate(i, summary.sampling) is not None]
-        notes["rows_with_fewer_than_n"] += len(present) < n
-        notes["candidates_without_text"] += sum(entry.text(i, summary.sampling) is None for i in present)
-        vote = votes[r]
+        present = [i for i in range(run.n) if entry.candidate(i, summary.sampling) is not None]
+        if own:
+            run.notes["rows_with_fewer_than_n"] += len(present) < run.n
+            run.notes["candidates_without_text"] += sum(entry.text(i, summary.sampling) is None for i in present)
+        vote = run.votes[r]
         samples.append(
             SampleCandidates(
                 key=summary.key,
@@ -204,20 +232,19 @@ def collect_run(work_dir: str, model_name: str, dataset_name: str, judge_kwargs:
                     store_candidate(
                         entry,
                         i,
-                        summary.prm,
-                        correct[i][r],
+                        summary.prm if own else prm,
+                        run.correct[i][r],
                         vote.dataset_type,
                         vote.choices,
                         vote.precision,
                         summary.sampling,
-                        summary.scorer,
+                        summary.scorer if own else scorer,
                     )
                     for i in present
                 ],
             )
         )
-    prms = sorted({s.prm for s in summaries if s and s.prm})
-    return RunData(samples=samples, n=n, dataset_type=dataset_type, prm=prms, notes=notes)
+    return samples
 
 
 def load_run(
