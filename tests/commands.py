@@ -85,3 +85,24 @@ def run_tiny_bon(work, name: str, prm: str, prm_options: dict, rows: MiniRows, n
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return index_records(read_records(store_file(str(folder), name, rows.data)))
+
+
+#: The host's run (vlmeval.run, or a checkout's run.py) after accepting stand-in TSVs in $LMUData under the real
+#: dataset names (no download, no checksum): ``standins.offline_benchmarks.pin_offline_checksums``.
+PINNED_RUNNER = (
+    "import runpy, sys; sys.path.insert(0, {tests!r}); "
+    "from standins.offline_benchmarks import pin_offline_checksums; pin_offline_checksums({names!r}); "
+    + (
+        "sys.argv = ['vlmeval.run', *sys.argv[1:]]; runpy.run_module('vlmeval.run', run_name='__main__')"
+        if HOST.kind == "module"
+        else f"sys.argv = [{HOST.path!r}, *sys.argv[1:]]; runpy.run_path({HOST.path!r}, run_name='__main__')"
+    )
+)
+
+
+def pinned_run_command(names: Sequence[str], *args: str) -> list[str]:
+    """``<python> -c PINNED_RUNNER <args>``: the host's run on the stand-in TSVs of ``names``."""
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    return [sys.executable, "-c", PINNED_RUNNER.format(tests=tests, names=list(names)), *args]

@@ -17,13 +17,12 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from math import prod
 
 import numpy as np
 import pandas as pd
 import pytest
-from commands import HOST
+from commands import pinned_run_command
 
 from standins.offline_benchmarks import (
     dynamath_rows,
@@ -42,18 +41,6 @@ from vlmeval_prm.store.paths import store_file
 pytestmark = pytest.mark.e2e
 N, MODEL, JUDGE = 4, "StandinPolicy-BoN4", "gpt-4o-mini"
 DATASETS = ("MathVista_MINI", "DynaMath")
-TESTS = os.path.dirname(os.path.abspath(__file__))
-#: The host's run (vlmeval.run, or a checkout's run.py), after accepting the stand-in TSVs under the real
-#: names (no download, no checksum).
-RUNNER = (
-    "import runpy, sys; sys.path.insert(0, {tests!r}); "
-    "from standins.offline_benchmarks import pin_offline_checksums; pin_offline_checksums({names!r}); "
-    + (
-        "sys.argv = ['vlmeval.run', *sys.argv[1:]]; runpy.run_module('vlmeval.run', run_name='__main__')"
-        if HOST.kind == "module"
-        else f"sys.argv = [{HOST.path!r}, *sys.argv[1:]]; runpy.run_path({HOST.path!r}, run_name='__main__')"
-    )
-)
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +83,15 @@ def work(tmp_path_factory, tiny_paths):
             "PYTHONUNBUFFERED": "1",
         }
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                RUNNER.format(tests=TESTS, names=list(DATASETS)),
+            pinned_run_command(
+                DATASETS,
                 "--config",
                 str(work / "bon.json"),
                 "--work-dir",
                 str(work / "outputs"),
                 "--mode",
                 "infer",
-            ],
+            ),
             cwd=work,
             env=env,
             stdout=subprocess.PIPE,

@@ -1,8 +1,16 @@
-"""A PRM as a VLMEvalKit model, for VisualProcessBench: it scores the benchmark's given steps.
+"""A reward model as a VLMEvalKit model, evaluated by reward benchmarks.
 
-The prediction is the JSON list of per-step P(+) (one scorer call, so one forward pass, per sample).
+- VisualProcessBench: it scores the benchmark's given steps; the prediction is the JSON list of per-step
+  P(+) (one scorer call, so one forward pass, per sample).
+- VL-RewardBench (VLMEvalKit's ``VLRewardBench``): it scores both responses, each cut into steps by its
+  format, and prefers the one with the higher aggregate (``aggregate``, mean by default); the prediction is
+  the dataset's own verdict line, ``Overall Judgment: Answer X is better.``, in the order the dataset shows
+  the responses, so VLMEvalKit's own evaluation reads it. Equal scores are a tie, which that evaluation
+  counts as wrong. A ``critic:`` judge instead answers the dataset's own prompt (it is a generative
+  reward model: the benchmark was made for it).
+
 A failure is a string holding VLMEvalKit's failure marker and the reason, never made-up scores:
-VLMEvalKit retries such rows on a rerun and VisualProcessBench.evaluate counts them as failed.
+VLMEvalKit retries such rows on a rerun and the evaluations count them as failed.
 """
 
 from __future__ import annotations
@@ -14,12 +22,25 @@ from functools import partial
 from vlmeval.smp.file import INFER_FAIL_MSG
 from vlmeval.vlm.base import BaseModel
 
-from vlmeval_prm.constants import DEFAULT_PRM_SPEC
+from vlmeval_prm.constants import DEFAULT_PRM_SPEC, MAX_STEPS
 from vlmeval_prm.datasets.visualprocessbench import VisualProcessBench
-from vlmeval_prm.prm import PRMScorer, build_scorer, validate_spec
+from vlmeval_prm.prm import PRMScorer, build_scorer, spec_format, validate_spec
+from vlmeval_prm.prm.formats import DEFAULT_FORMAT, format_class
+from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 
 #: Key of the JSON text item that carries the question and steps from build_prompt to generate_inner.
 PAYLOAD_KEY = "vlmeval_prm_steps"
+#: Key of the JSON text item that carries a VL-RewardBench question's two responses, in the shown order.
+PAIR_KEY = "vlmeval_prm_pair"
+#: VLMEvalKit's VL-RewardBench dataset names (``VLRewardBench.DATASET_URL``).
+PAIRWISE_DATASETS = ("VL-RewardBench",)
+
+
+def shown_order(responses: list[str]) -> list[str]:
+    """The order VL-RewardBench shows a pair in, which its evaluation scores against: reversed when the
+    responses' total length is odd (ms-vlmeval 0.0.20 ``vlmeval/dataset/vl_rewardbench.py``,
+    ``VLRewardBench.build_prompt`` and ``VLRewardBench_eval_answer``)."""
+    return responses[::-1] if sum(len(r) for r in responses) % 2 == 1 else list(responses)
 
 
 class PRMJudge(BaseModel):
@@ -32,22 +53,48 @@ class PRMJudge(BaseModel):
 
     allowed_types = ["text", "image"]
 
-    def __init__(self, prm: str | PRMScorer | None = None, spec_env: str | None = None, **options):
+    def __init__(
+        self,
+        prm: str | PRMScorer | None = None,
+        spec_env: str | None = None,
+        aggregate: str = "mean",
+        max_steps: int = MAX_STEPS,
+        **options,
+    ):
         super().__init__()
         prm = (os.environ.get(spec_env) if spec_env else None) or prm
         if prm is None:
             raise ValueError(f"PRMJudge needs a PRM spec, e.g. prm={DEFAULT_PRM_SPEC!r}")
+        if aggregate not in AGGREGATORS:
+            raise ValueError(f"aggregate must be one of {sorted(AGGREGATORS)}, got {aggregate!r}")
+        self.aggregate, self.max_steps = aggregate, max_steps
+        #: How a response is cut into the steps the scorer scores (VL-RewardBench): its format's rule.
+        self.format = format_class(DEFAULT_FORMAT)()
         if not isinstance(prm, PRMScorer):
             validate_spec(prm, options)  # a bad spec fails here, not at the first sample
+            self.format = format_class(spec_format(prm, options))()
             prm = build_scorer(prm, **options)
         self.scorer = prm
 
+    @property
+    def generative(self) -> bool:
+        """A judge that answers prompts (``critic:``), not a scorer of steps only."""
+        return hasattr(self.scorer, "judge")
+
     def use_custom_prompt(self, dataset: str | None) -> bool:
+        if dataset in PAIRWISE_DATASETS:
+            return not self.generative
         return dataset in VisualProcessBench.supported_datasets()
 
     def build_prompt(self, line, dataset: str | None = None) -> list[dict]:
-        """The images, then one text item: JSON with the question and the benchmark's steps."""
-        payload = {PAYLOAD_KEY: json.loads(line["steps"]), "question": str(line["question"])}
+        """The images, then one text item: JSON with the question and the benchmark's steps (or, for
+        VL-RewardBench, its two responses in the order it shows them)."""
+        if dataset in PAIRWISE_DATASETS:
+            from vlmeval.smp import toliststr
+
+            payload = {PAIR_KEY: shown_order(toliststr(line["response"])), "question": str(line["question"])}
+        else:
+            payload = {PAYLOAD_KEY: json.loads(line["steps"]), "question": str(line["question"])}
         msgs = [dict(type="image", value=p) for p in self.dump_image(line, dataset)]
         msgs.append(dict(type="text", value=json.dumps(payload, ensure_ascii=False)))
         return msgs
@@ -55,6 +102,10 @@ class PRMJudge(BaseModel):
     def generate_inner(self, message: list[dict], dataset: str | None = None) -> str:
         payload = _payload(message)
         fail = partial(_failure, getattr(self.scorer, "identity", type(self.scorer).__name__))
+        if payload is None and self.generative:  # the dataset's own prompt, to a judge that answers prompts
+            return self.scorer.judge.generate(message=message, dataset=dataset)
+        if payload is not None and PAIR_KEY in payload:
+            return self._prefer(payload, [m["value"] for m in message if m["type"] == "image"], fail)
         if payload is None:
             return fail(
                 f"PRMJudge scores given steps; {dataset or 'this dataset'} provides none "
@@ -71,6 +122,23 @@ class PRMJudge(BaseModel):
             return fail(f"{len(result.scores)} scores for {len(steps)} steps")
         return json.dumps(result.scores)
 
+    def _prefer(self, payload: dict, images: list[str], fail) -> str:
+        """Score both responses; the verdict line VL-RewardBench's evaluation reads (1-based, shown order)."""
+        pair = payload[PAIR_KEY]
+        steps = [self.format.split(r, self.max_steps) for r in pair]
+        try:
+            results = self.scorer.score(payload["question"], images, steps, mode="step")
+        except Exception as exc:
+            return fail(f"{type(exc).__name__}: {exc}")
+        bad = [f"response {k + 1}: {r.error or 'no scores'}" for k, r in enumerate(results) if not r.ok]
+        if bad:
+            return fail("; ".join(bad))
+        values = [response_score(r.scores, self.aggregate) for r in results]
+        detail = f" (PRM {self.aggregate}: {values[0]:.4f} vs {values[1]:.4f})"
+        if values[0] == values[1]:
+            return f"Overall Judgment: the two answers tie{detail}."
+        return f"Overall Judgment: Answer {1 if values[0] > values[1] else 2} is better{detail}."
+
 
 def _payload(message: list[dict]) -> dict | None:
     for item in message:
@@ -80,7 +148,7 @@ def _payload(message: list[dict]) -> dict | None:
             value = json.loads(item["value"])
         except ValueError:
             continue
-        if isinstance(value, dict) and isinstance(value.get(PAYLOAD_KEY), list):
+        if isinstance(value, dict) and any(isinstance(value.get(k), list) for k in (PAYLOAD_KEY, PAIR_KEY)):
             return value
     return None
 
