@@ -2,6 +2,9 @@
 
 - VisualProcessBench: it scores the benchmark's given steps; the prediction is the JSON list of per-step
   P(+) (one scorer call, so one forward pass, per sample).
+- VLRMBench (VLMEvalKit's ``VLRMBench``, ``datasets/vlrmbench.py``): the steps in its prompt are scored, and
+  the prediction is the answer its evaluation reads: an error indicator per step (P(+) at most
+  ``threshold``), ``Yes``/``No`` for foresight, two scores for a pair of responses.
 - VL-RewardBench (VLMEvalKit's ``VLRewardBench``): it scores both responses, each cut into steps by its
   format, and prefers the one with the higher aggregate (``aggregate``, mean by default); the prediction is
   the dataset's own verdict line, ``Overall Judgment: Answer X is better.``, in the order the dataset shows
@@ -24,6 +27,8 @@ from vlmeval.vlm.base import BaseModel
 
 from vlmeval_prm.constants import DEFAULT_PRM_SPEC, MAX_STEPS
 from vlmeval_prm.datasets.visualprocessbench import VisualProcessBench
+from vlmeval_prm.datasets.vlrmbench import VLRMBENCH_DATASETS, vlrm_task
+from vlmeval_prm.datasets.vlrmbench import answer as vlrm_answer
 from vlmeval_prm.prm import PRMScorer, build_scorer, spec_format, validate_spec
 from vlmeval_prm.prm.formats import DEFAULT_FORMAT, format_class
 from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
@@ -32,6 +37,8 @@ from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 PAYLOAD_KEY = "vlmeval_prm_steps"
 #: Key of the JSON text item that carries a VL-RewardBench question's two responses, in the shown order.
 PAIR_KEY = "vlmeval_prm_pair"
+#: Key of the JSON text item that carries a VLRMBench row's prompt and category.
+VLRM_KEY = "vlmeval_prm_vlrm"
 #: VLMEvalKit's VL-RewardBench dataset names (``VLRewardBench.DATASET_URL``).
 PAIRWISE_DATASETS = ("VL-RewardBench",)
 
@@ -59,6 +66,7 @@ class PRMJudge(BaseModel):
         spec_env: str | None = None,
         aggregate: str = "mean",
         max_steps: int = MAX_STEPS,
+        threshold: float = 0.5,
         **options,
     ):
         super().__init__()
@@ -67,7 +75,7 @@ class PRMJudge(BaseModel):
             raise ValueError(f"PRMJudge needs a PRM spec, e.g. prm={DEFAULT_PRM_SPEC!r}")
         if aggregate not in AGGREGATORS:
             raise ValueError(f"aggregate must be one of {sorted(AGGREGATORS)}, got {aggregate!r}")
-        self.aggregate, self.max_steps = aggregate, max_steps
+        self.aggregate, self.max_steps, self.threshold = aggregate, max_steps, threshold
         #: How a response is cut into the steps the scorer scores (VL-RewardBench): its format's rule.
         self.format = format_class(DEFAULT_FORMAT)()
         if not isinstance(prm, PRMScorer):
@@ -82,7 +90,7 @@ class PRMJudge(BaseModel):
         return hasattr(self.scorer, "judge")
 
     def use_custom_prompt(self, dataset: str | None) -> bool:
-        if dataset in PAIRWISE_DATASETS:
+        if dataset in PAIRWISE_DATASETS or dataset in VLRMBENCH_DATASETS:
             return not self.generative
         return dataset in VisualProcessBench.supported_datasets()
 
@@ -93,6 +101,8 @@ class PRMJudge(BaseModel):
             from vlmeval.smp import toliststr
 
             payload = {PAIR_KEY: shown_order(toliststr(line["response"])), "question": str(line["question"])}
+        elif dataset in VLRMBENCH_DATASETS:
+            payload = {VLRM_KEY: [str(line["question"]), str(line["category"])]}
         else:
             payload = {PAYLOAD_KEY: json.loads(line["steps"]), "question": str(line["question"])}
         msgs = [dict(type="image", value=p) for p in self.dump_image(line, dataset)]
@@ -104,8 +114,11 @@ class PRMJudge(BaseModel):
         fail = partial(_failure, getattr(self.scorer, "identity", type(self.scorer).__name__))
         if payload is None and self.generative:  # the dataset's own prompt, to a judge that answers prompts
             return self.scorer.judge.generate(message=message, dataset=dataset)
+        images = [m["value"] for m in message if m["type"] == "image"]
         if payload is not None and PAIR_KEY in payload:
-            return self._prefer(payload, [m["value"] for m in message if m["type"] == "image"], fail)
+            return self._prefer(payload, images, fail)
+        if payload is not None and VLRM_KEY in payload:
+            return self._vlrm(*payload[VLRM_KEY], images, fail)
         if payload is None:
             return fail(
                 f"PRMJudge scores given steps; {dataset or 'this dataset'} provides none "
@@ -139,6 +152,24 @@ class PRMJudge(BaseModel):
             return f"Overall Judgment: the two answers tie{detail}."
         return f"Overall Judgment: Answer {1 if values[0] > values[1] else 2} is better{detail}."
 
+    def _vlrm(self, prompt: str, category: str, images: list[str], fail) -> str:
+        """A VLRMBench row: its steps (or two responses) scored, answered as its evaluation reads."""
+        try:
+            task = vlrm_task(prompt, category)
+        except ValueError as exc:
+            return fail(str(exc))
+        candidates = [task.steps] if task.pair is None else [self.format.split(r, self.max_steps) for r in task.pair]
+        try:
+            results = self.scorer.score(task.question, images, candidates, mode="step")
+        except Exception as exc:
+            return fail(f"{type(exc).__name__}: {exc}")
+        bad = [r.error or "no scores" for r in results if not r.ok]
+        if bad:
+            return fail("; ".join(bad))
+        return vlrm_answer(
+            task, [r.scores for r in results], self.threshold, partial(response_score, how=self.aggregate)
+        )
+
 
 def _payload(message: list[dict]) -> dict | None:
     for item in message:
@@ -148,7 +179,7 @@ def _payload(message: list[dict]) -> dict | None:
             value = json.loads(item["value"])
         except ValueError:
             continue
-        if isinstance(value, dict) and any(isinstance(value.get(k), list) for k in (PAYLOAD_KEY, PAIR_KEY)):
+        if isinstance(value, dict) and any(isinstance(value.get(k), list) for k in (PAYLOAD_KEY, PAIR_KEY, VLRM_KEY)):
             return value
     return None
 
