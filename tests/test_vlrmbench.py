@@ -5,14 +5,18 @@ reachable): each ``question`` is a whole task prompt with the section titles of 
 list, ``task_gt`` the foresight truth, ``order`` a multi_solution pair's halves. The metrics are recomputed here
 from the steps written into the prompts, the PRM's own scores and a hand-written F1."""
 
+import hashlib
+import itertools
 import os
 import subprocess
+from ast import literal_eval
 
 import pandas as pd
 import pytest
 from commands import pinned_run_command
 
 from standins.offline_benchmarks import write_tsv
+from standins.openai_standin import serve_scripted
 
 DATA, THRESHOLD = "VLRMBench", 0.5
 
@@ -84,40 +88,49 @@ def evaluated(tmp_path_factory, tiny_paths):
     lmu.mkdir()
     for name, rows in tables().items():
         write_tsv(lmu, name, rows)
-    env = {**os.environ, "LMUData": str(lmu), "VLMEVAL_PRM_DEMO": "1"}
     names = list(tables())
-    cmd = pinned_run_command(
-        names, "--model", "VLMEvalPRM-TinyPRM", "--data", *names, "--work-dir", str(work / "outputs")
-    )
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+    with serve_scripted(critic_reply) as server:  # the critic: VLMEvalKit's GPT4o entry, sent to the stand-in
+        env = {
+            **os.environ,
+            "LMUData": str(lmu),
+            "VLMEVAL_PRM_DEMO": "1",
+            "OPENAI_API_BASE": f"{server.url}/v1/chat/completions",
+            "OPENAI_API_KEY": "sk-critic",
+        }
+        # --model/--data: VLRMBench's constructor takes **kwargs only, which VLMEvalKit's --config route drops
+        models = ["VLMEvalPRM-TinyPRM", "GPT4o"]
+        cmd = pinned_run_command(names, "--model", *models, "--data", *names, "--work-dir", str(work / "outputs"))
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    got = {}
-    for name in names:
-        (score,) = (work / "outputs" / "VLMEvalPRM-TinyPRM").rglob(f"VLMEvalPRM-TinyPRM_{name}_score.csv")
-        got.update(pd.read_csv(score).iloc[0].to_dict())
+    got = {model: {} for model in models}
+    for model, name in itertools.product(got, names):
+        (score,) = (work / "outputs" / model).rglob(f"{model}_{name}_score.csv")
+        got[model].update(pd.read_csv(score).iloc[0].to_dict())
     return work, got
 
 
-@pytest.mark.e2e
-def test_metrics_equal_a_recomputation_from_the_prms_scores(evaluated):
-    from vlmeval_prm.prm.formats import build_format
-    from vlmeval_prm.prm.hf_backend import TransformersPRM
-    from vlmeval_prm.select.aggregate import response_score
+def digest_bits(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16)
 
-    work, got = evaluated
-    prm, fmt = TransformersPRM("tiny:prm"), build_format("visualprm")
-    image = [str(next((work / "LMUData" / "images" / DATA).glob("0*")))]
 
-    def scores(question, steps):
-        (res,) = prm.score(question, image, [steps])
-        assert res.ok, res.error
-        return res.scores
+def critic_reply(prompt: str, payload: dict) -> str:
+    """The stand-in critic: answers each task prompt in the benchmark's output format, from a hash of it."""
+    bits = digest_bits(prompt)
+    if "Partial Reasoning Process" in prompt:
+        return "Yes" if bits % 2 else "No"
+    if "Response 2" in prompt:
+        return "[7, 3]" if bits % 2 else "[3, 7]"
+    n = prompt.count("STEP") - 2  # the output format line names STEP 1 and STEP N
+    return str([(bits >> k) & 1 for k in range(n)])
 
+
+def check_step_metrics(got: dict, predicted: dict[str, list[int]]) -> None:
+    """VLRMBench's step F1s (per category and overall) against a hand-written F1 of ``predicted``."""
     by_category: dict[str, tuple[list[int], list[int]]] = {}
-    for category, question, steps, gt in STEP_ROWS:
+    for category, question, _, gt in STEP_ROWS:
         gold, pred = by_category.setdefault(category, ([], []))
         gold += gt
-        pred += [int(p <= THRESHOLD) for p in scores(question, steps)]
+        pred += predicted[question]
     overall = (
         [g for gold, _ in by_category.values() for g in gold],
         [p for _, pred in by_category.values() for p in pred],
@@ -128,6 +141,25 @@ def test_metrics_equal_a_recomputation_from_the_prms_scores(evaluated):
         assert got[f"{category}_F1_pos"] == pytest.approx(pos), category
         assert got[f"{category}_F1_neg"] == pytest.approx(neg), category
         assert got[f"{category}_F1_weighted"] == pytest.approx(weighted), category
+
+
+@pytest.mark.e2e
+def test_metrics_equal_a_recomputation_from_the_prms_scores(evaluated):
+    from vlmeval_prm.prm.formats import build_format
+    from vlmeval_prm.prm.hf_backend import TransformersPRM
+    from vlmeval_prm.select.aggregate import response_score
+
+    work, got = evaluated
+    got = got["VLMEvalPRM-TinyPRM"]
+    prm, fmt = TransformersPRM("tiny:prm"), build_format("visualprm")
+    image = [str(next((work / "LMUData" / "images" / DATA).glob("0*")))]
+
+    def scores(question, steps):
+        (res,) = prm.score(question, image, [steps])
+        assert res.ok, res.error
+        return res.scores
+
+    check_step_metrics(got, {q: [int(p <= THRESHOLD) for p in scores(q, steps)] for _, q, steps, _ in STEP_ROWS})
     # foresight: VLMEvalKit 0.0.20 compares task_gt with ``is True``, which the numpy booleans it reads from the
     # prediction file never are (its accuracy is 0 for any model): the answers are checked here instead
     (folder,) = (work / "outputs" / "VLMEvalPRM-TinyPRM").rglob(f"VLMEvalPRM-TinyPRM_{DATA}_Foresight.xlsx")
@@ -141,6 +173,17 @@ def test_metrics_equal_a_recomputation_from_the_prms_scores(evaluated):
     # front shows (good, bad), back (bad, good): right when the good one outscores the bad one both times
     assert got["multi_solution_accuracy"] == float(good_v + good_v > bad_v + bad_v)
     assert got["multi_solution_count"] == 1
+
+
+@pytest.mark.e2e
+def test_a_critic_answers_the_benchmarks_own_prompts(evaluated):
+    _, got = evaluated
+    got = got["GPT4o"]
+    check_step_metrics(got, {q: literal_eval(critic_reply(step_prompt(q, s), {})) for _, q, s, _ in STEP_ROWS})
+    assert got["foresight_count"] == len(FORESIGHT_ROWS)
+    q, good, bad = PAIR
+    front, back = (literal_eval(critic_reply(pair_prompt(q, *order), {})) for order in ((good, bad), (bad, good)))
+    assert got["multi_solution_accuracy"] == float(front[0] + back[1] > front[1] + back[0])
 
 
 @pytest.mark.parametrize(
