@@ -80,7 +80,17 @@ def test_every_model_entry_binds_to_its_classes(config):
     for name, entry in config["model"].items():
         entry = dict(entry)
         cls = entry.pop("class")
-        assert cls in ("BestOfN", "PRMJudge") and hasattr(vlmeval.vlm, cls)  # registered by the plugin
+        assert cls in ("BestOfN", "PRMJudge", "PRMSearch") and hasattr(vlmeval.vlm, cls)  # registered by the plugin
+        if cls == "PRMSearch":  # search: its method and sizes, its base a model the plugin can extend
+            from vlmeval_prm.host.plugin import DEMO_MODELS
+            from vlmeval_prm.host.search_model import PRMSearch
+            from vlmeval_prm.search import SearchConfig, search_method
+
+            args = inspect.signature(PRMSearch).bind(**entry).arguments
+            search_method(args.get("method", "beam"))
+            SearchConfig(**{k: args[k] for k in ("n", "width", "iterations") if k in args})
+            assert args["model"] in supported_VLM or args["model"] in DEMO_MODELS
+            continue
         if cls == "PRMJudge":  # a PRM evaluated as a model (VisualProcessBench): its spec, its backend's options
             from vlmeval_prm.prm import backend_class, parse_spec
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import itertools
 import json
 import os
 import re
@@ -57,6 +58,7 @@ class LazyClass:
 
 
 BestOfN = LazyClass("vlmeval_prm.host.bon:BestOfN")
+PRMSearch = LazyClass("vlmeval_prm.host.search_model:PRMSearch")
 TransformersChat = LazyClass("vlmeval_prm.policy.transformers_chat:TransformersChat")
 PRMJudge = LazyClass("vlmeval_prm.host.prm_judge:PRMJudge")
 
@@ -79,6 +81,16 @@ def demo_enabled() -> bool:
 
 def bon_name(base: str, n: int) -> str:
     return f"{base}-BoN{n}"
+
+
+#: Search methods with registered names, by their name tag: ``<model>-Beam<W>x<N>``, ``<model>-DVTS<W>x<N>``.
+SEARCH_TAGS = {"beam": "Beam", "dvts": "DVTS"}
+#: (W, N) of the registered search names: W beams kept (or subtrees), N completions per depth.
+SEARCH_SIZES = ((2, 4), (2, 8), (4, 16))
+
+
+def search_name(base: str, method: str, width: int, n: int) -> str:
+    return f"{base}-{SEARCH_TAGS.get(method, method)}{width}x{n}"
 
 
 #: ``BestOfN`` keyword arguments ``VLMEVAL_PRM_OPTIONS`` may set (tests check them against its signature).
@@ -361,11 +373,28 @@ def register_bon(supported_VLM: dict) -> None:
             )
 
 
+def register_search(supported_VLM: dict) -> None:
+    """``-Beam<W>x<N>``/``-DVTS<W>x<N>`` names for the models whose step extension the plugin drives (the demo
+    policies); any other ``TransformersChat`` model searches through ``--config`` (``"class": "PRMSearch"``)."""
+    demo_prms = {
+        TINY_POLICY: os.environ.get(SPEC_ENV, TINY_PRM_SPEC),
+        SHAPES_POLICY: os.environ.get(SPEC_ENV, f"transformers:{shapes_prm_path()}"),
+    }
+    for base, prm in demo_prms.items():
+        if base not in supported_VLM:
+            continue
+        for method, (width, n) in itertools.product(SEARCH_TAGS, SEARCH_SIZES):
+            name = search_name(base, method, width, n)
+            supported_VLM.setdefault(
+                name, partial(PRMSearch, model=base, method=method, width=width, n=n, name=name, prm=prm)
+            )
+
+
 def register_classes() -> None:
     """``"class": "BestOfN"`` (etc.) in ``--config`` JSON resolves through ``vlmeval.vlm``."""
     import vlmeval.vlm
 
-    for cls in (BestOfN, TransformersChat, PRMJudge):
+    for cls in (BestOfN, TransformersChat, PRMJudge, PRMSearch):
         if not hasattr(vlmeval.vlm, cls.__name__):
             setattr(vlmeval.vlm, cls.__name__, cls)
 
@@ -405,6 +434,7 @@ def register() -> None:
         register_datasets,
         wrap_inference,
         partial(register_bon, supported_VLM),
+        partial(register_search, supported_VLM),
     )
     for step in steps:
         try:

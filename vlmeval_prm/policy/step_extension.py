@@ -1,0 +1,99 @@
+"""Step extension: a policy continuing a partial answer by one step, what PRM-guided search needs.
+
+Where the plugin controls generation, the prompt is the model's chat template with the generation prompt,
+followed by the partial answer as raw text; the model samples ``k`` continuations in one ``generate`` call,
+each stopped at the step delimiter (a blank line) or at the end of the answer. A continuation that ends
+without the delimiter finished the answer. Families whose generation the plugin does not control cannot
+continue a prefix and are refused by name, with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from vlmeval_prm.constants import STEP_SEPARATOR
+from vlmeval_prm.policy.base import UnsupportedPolicyError
+from vlmeval_prm.search.base import Extension
+
+#: Classes whose generation this module drives (``TransformersChat`` and its subclasses).
+EXTENDABLE = ("TransformersChat",)
+
+
+def prefix_seed(question: str, prefix: Sequence[str]) -> int:
+    """The sampling seed of one expansion: a killed search resumed draws what it would have drawn."""
+    blob = "\x1e".join([question, *prefix]).encode("utf-8", "surrogatepass")
+    return int(hashlib.sha256(blob).hexdigest()[:8], 16)
+
+
+class TransformersStepPolicy:
+    """``TransformersChat`` continuing from a prefix (``temperature``/``top_p`` sampling, at most
+    ``max_step_tokens`` per step, stopped at ``STEP_SEPARATOR``)."""
+
+    def __init__(self, chat, temperature: float = 0.7, top_p: float = 0.95, max_step_tokens: int = 128):
+        self.chat, self.temperature, self.top_p, self.max_step_tokens = chat, temperature, top_p, max_step_tokens
+
+    def extend(
+        self, question: str, images: Sequence[str], prefixes: Sequence[Sequence[str]], k: int
+    ) -> list[list[Extension]]:
+        import torch
+
+        from vlmeval_prm.counters import bump
+        from vlmeval_prm.loading import load_images
+
+        chat = self.chat
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        if chat.system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": chat.system_prompt}]})
+        head = chat.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        loaded = load_images(list(images)) if images else None
+        out = []
+        for prefix in prefixes:
+            kwargs = {"text": [head + "".join(prefix)], "return_tensors": "pt"}
+            if loaded:
+                kwargs["images"] = [loaded]
+            inputs = chat.processor(**kwargs).to(chat.model.device)
+            torch.manual_seed(prefix_seed(question, prefix))
+            with torch.inference_mode():
+                ids = chat.model.generate(
+                    **inputs,
+                    do_sample=True,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    max_new_tokens=self.max_step_tokens,
+                    num_return_sequences=k,
+                    stop_strings=[STEP_SEPARATOR],
+                    tokenizer=chat.tokenizer,
+                )
+            bump("policy_generate_calls")
+            bump("policy_sequences", k)
+            prompt_tokens = int(inputs["input_ids"].shape[1])
+            exts = []
+            for row in ids[:, prompt_tokens:]:
+                text, tokens = self._step(row)
+                exts.append(
+                    Extension(text, finished=STEP_SEPARATOR not in text, tokens=tokens, prompt_tokens=prompt_tokens)
+                )
+            out.append(exts)
+        return out
+
+    def _step(self, row) -> tuple[str, int]:
+        """The step's text up to and including the first delimiter, and the tokens generated for it."""
+        tokenizer = self.chat.tokenizer
+        pad = tokenizer.pad_token_id
+        ids = [t for t in row.tolist() if t != pad]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        cut = text.find(STEP_SEPARATOR)
+        return (text if cut < 0 else text[: cut + len(STEP_SEPARATOR)]), len(ids)
+
+
+def step_policy_for(model, temperature: float, top_p: float, max_step_tokens: int) -> TransformersStepPolicy:
+    """The step policy of a VLMEvalKit model; ``UnsupportedPolicyError`` naming the class and why otherwise."""
+    names = [klass.__name__ for klass in type(model).__mro__]
+    if not any(name in EXTENDABLE for name in names):
+        raise UnsupportedPolicyError(
+            f"{type(model).__name__} cannot continue a partial answer: search needs generation from a prefix, "
+            f"which the plugin drives for {', '.join(EXTENDABLE)} (and subclasses); use Best-of-N (-BoN<N>) for it"
+        )
+    return TransformersStepPolicy(model, temperature, top_p, max_step_tokens)
