@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vlmeval_prm.policy.base import ModelSpec, Route, SamplingAdapter, register_adapter, route_of
+from vlmeval_prm.policy.step_extension import refusal
+from vlmeval_prm.search import METHODS
 
 #: The transformers lines the project supports (``transformers>=4.57``) and measures in CI (.ci/run
 #: runs the remote-code and policy tests in a second venv on the newest 4.57.x): (line, major, minor),
@@ -167,6 +169,8 @@ class ModelRoute:
     route: str
     reason: str
     transformers: dict | None = field(default=None, compare=False)
+    #: PRM-guided search (``-Beam<W>x<N>``, ``PRMSearch``): "beam, dvts, best_of_n", or why not.
+    search: str = field(default="", compare=False)
 
     def to_record(self) -> dict:
         rec = asdict(self)
@@ -174,6 +178,8 @@ class ModelRoute:
         out = {k: rec[k] for k in ("name", "class", "route", "reason")}
         if self.transformers is not None:
             out["transformers"] = self.transformers
+        if self.search:
+            out["search"] = self.search
         return out
 
 
@@ -210,7 +216,7 @@ _INSTALLED = object()
 def model_routes(
     supported_vlm: dict,
     use_vllm: bool = False,
-    skip_classes: tuple[str, ...] = ("BestOfN",),
+    skip_classes: tuple[str, ...] = ("BestOfN", "PRMSearch"),
     transformers_version: Any = _INSTALLED,
 ) -> list[ModelRoute]:
     """Every name whose class is not in ``skip_classes`` (the Best-of-N names derived from the others),
@@ -229,5 +235,7 @@ def model_routes(
         if use_vllm and any(part in name for part in VLLM_NAME_PARTS):
             spec = ModelSpec(spec.cls, {**spec.kwargs, "use_vllm": True})
         _, route = route_of(spec)
-        out.append(ModelRoute(name, spec.cls.__name__, route.route, route.reason, transformers_verdict(spec, version)))
+        verdict = transformers_verdict(spec, version)
+        search = "unsupported" if route.route == "unsupported" else (refusal(spec.cls) or ", ".join(sorted(METHODS)))
+        out.append(ModelRoute(name, spec.cls.__name__, route.route, route.reason, verdict, search))
     return out

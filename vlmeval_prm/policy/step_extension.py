@@ -88,12 +88,19 @@ class TransformersStepPolicy:
         return (text if cut < 0 else text[: cut + len(STEP_SEPARATOR)]), len(ids)
 
 
+def refusal(cls: type) -> str | None:
+    """Why a VLMEvalKit class cannot be searched with (None: it can)."""
+    if any(klass.__name__ in EXTENDABLE for klass in cls.__mro__):
+        return None
+    return (
+        f"{cls.__name__} cannot continue a partial answer: search needs generation from a prefix, which the "
+        f"plugin drives for {', '.join(EXTENDABLE)} (and subclasses); use Best-of-N (-BoN<N>) for it"
+    )
+
+
 def step_policy_for(model, temperature: float, top_p: float, max_step_tokens: int) -> TransformersStepPolicy:
     """The step policy of a VLMEvalKit model; ``UnsupportedPolicyError`` naming the class and why otherwise."""
-    names = [klass.__name__ for klass in type(model).__mro__]
-    if not any(name in EXTENDABLE for name in names):
-        raise UnsupportedPolicyError(
-            f"{type(model).__name__} cannot continue a partial answer: search needs generation from a prefix, "
-            f"which the plugin drives for {', '.join(EXTENDABLE)} (and subclasses); use Best-of-N (-BoN<N>) for it"
-        )
+    why = refusal(type(model))
+    if why:
+        raise UnsupportedPolicyError(why)
     return TransformersStepPolicy(model, temperature, top_p, max_step_tokens)
