@@ -50,12 +50,17 @@ def rows():
 
 
 def test_every_name_is_listed_with_the_documented_keys(rows):
-    bon = {n for n, f in supported_VLM.items() if factory_spec(f).cls.__name__ == "BestOfN"}
-    assert set(rows) == (set(supported_VLM) | {OTHER_PLUGIN}) - bon
+    derived = {n for n, f in supported_VLM.items() if factory_spec(f).cls.__name__ in ("BestOfN", "PRMSearch")}
+    assert set(rows) == (set(supported_VLM) | {OTHER_PLUGIN}) - derived
     assert len(rows) >= 540
     for row in rows.values():
-        assert list(row)[:4] == ["name", "class", "route", "reason"] and set(row) <= {*list(row)[:4], "transformers"}
-        assert row["route"] in ROUTES and row["reason"]
+        keys = {*list(row)[:4], "transformers", "search"}
+        assert list(row)[:4] == ["name", "class", "route", "reason"] and set(row) <= keys
+        assert row["route"] in ROUTES and row["reason"] and row["search"]
+    # search needs generation from a prefix: the plugin's own TransformersChat, not VLMEvalKit's wrappers
+    searchable = {r["class"] for r in rows.values() if r["search"] == "beam, best_of_n, dvts"}
+    assert searchable <= {"TransformersChat", "ShapesPolicy"}
+    assert "cannot continue a partial answer" in rows[OTHER_PLUGIN]["search"]
     assert rows[OTHER_PLUGIN]["class"] == "Qwen2VLChat" and rows[OTHER_PLUGIN]["route"] == "batched"
 
 
