@@ -83,3 +83,32 @@ def test_the_tiny_demo_prints_one_table_and_what_it_means(tmp_path):
     assert max(len(line) for line in table) <= 100  # fits a terminal
     written = [line.split(": ", 1)[1] for line in ours.splitlines() if line.startswith("report: ")]
     assert written and all(os.path.isfile(tmp_path / p) or os.path.isfile(p) for p in written)
+
+
+@pytest.mark.e2e
+def test_the_search_demo_compares_three_methods_with_their_compute(tmp_path):
+    """``demo --search --tiny`` on two rows (``--limit 2``, or all rows where the host has no ``--limit``): Best-of-N,
+    beam search and DVTS at N = 4, one table whose compute columns are the means of what each search stored."""
+    import pandas as pd
+    from commands import HAS_LIMIT
+
+    from vlmeval_prm.demo.search import COMPUTE, compute_per_question
+    from vlmeval_prm.host.cli import DEMO_DATA
+
+    work = str(tmp_path / "outputs")
+    out = subprocess.run(
+        [*CLI, "demo", "--search", "--tiny", "--work-dir", work, "--", *(["--limit", "2"] if HAS_LIMIT else [])],
+        cwd=tmp_path,
+        env={**os.environ, "LMUData": str(tmp_path / "LMUData")},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Search at N = 4" in out.stdout
+    table = pd.read_csv(tmp_path / "outputs" / "search_demo.csv", index_col=0)
+    assert [m.rsplit("-", 1)[1] for m in table.index] == ["StepBoN4", "Beam2x4", "DVTS2x4"]
+    for model, row in table.iterrows():
+        stored = compute_per_question(work, model, DEMO_DATA)
+        assert row["questions"] == (2 if HAS_LIMIT else 36) and row["generated_tokens"] > 0
+        assert all(row[k] == pytest.approx(stored[k]) for k in COMPUTE)

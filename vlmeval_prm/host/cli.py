@@ -69,6 +69,8 @@ def demo(args) -> int:
     except HostNotFound as exc:
         print(f"vlmeval-prm demo: {exc}", file=sys.stderr)
         return 2
+    if args.search:
+        return demo_search(args)
     if args.tiny:
         args.model, args.data = args.model or DEMO_MODEL, args.data or DEMO_DATA
     else:
@@ -112,6 +114,38 @@ def demo(args) -> int:
     if rc:
         return rc
     return demo_report(args.work_dir, args.model, args.data, DEMO_MEANING["tiny" if args.tiny else "trained"])
+
+
+def demo_search(args) -> int:
+    """``demo --search``: Best-of-N, beam search and DVTS (``vlmeval_prm.demo.search``) on the demo task."""
+    from tabulate import tabulate
+
+    from vlmeval_prm.demo import search
+    from vlmeval_prm.host.plugin import SHAPES_POLICY, TINY_POLICY, TINY_PRM_SPEC
+
+    if args.tiny:  # (policy, PRM, data, its class, N, tokens per step)
+        setup = (TINY_POLICY, TINY_PRM_SPEC, DEMO_DATA, "VLMEvalPRMMiniMCQ", 4, 12)
+    else:
+        from vlmeval_prm.demo.build import ensure_built
+        from vlmeval_prm.demo.paths import prm_path
+
+        print("demo models:", ensure_built(), flush=True)
+        setup = (SHAPES_POLICY, f"transformers:{prm_path()}", SHAPES_DATA, "VLMEvalPRMShapes", 8, 32)
+    policy, prm, data, cls, n, max_step_tokens = setup
+    cfg = search.config(policy, prm, {data: {"class": cls, "dataset": data}}, n, 8, max_step_tokens)
+    env = {**os.environ, DEMO_ENV: "1"}
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    rc, table = search.run([*find_host(args.vlmevalkit_root).command(), *extra], args.work_dir, cfg, env, data)
+    if rc:
+        print(f"the run failed (exit code {rc}); what it stored is kept and a rerun resumes it", file=sys.stderr)
+        return rc
+    print(f"\nSearch at N = {n} on {data}: accuracy (%) and compute per question")
+    print(tabulate(table, headers=["method", *table.columns], floatfmt=".1f"))
+    print(
+        "Same N for every method, not the same compute: compare accuracy against the tokens columns "
+        f"({os.path.join(args.work_dir, 'search_demo.csv')})."
+    )
+    return rc
 
 
 #: The one line the demo prints under its table: what its numbers can and cannot say.
@@ -380,6 +414,9 @@ def _main(argv=None) -> int:
         "--tiny",
         action="store_true",
         help="the random-weight tiny models on the shipped mini set: the pipeline in seconds, no effect to show",
+    )
+    p.add_argument(
+        "--search", action="store_true", help="Best-of-N, beam search and DVTS at the same N, with their compute"
     )
     p.add_argument("--model", help=f"default {SHAPES_MODEL} ({DEMO_MODEL} with --tiny)")
     p.add_argument("--data", help=f"default {SHAPES_DATA} ({DEMO_DATA} with --tiny)")
