@@ -145,13 +145,16 @@ def test_bad_configs_and_names_are_refused():
 
 
 def test_a_policy_that_cannot_continue_a_prefix_is_refused_by_name():
-    """GPT4V answers whole chats: the plugin cannot continue its partial answers, so search refuses it when the
-    model is built, naming the class and the way out."""
-    from vlmeval_prm.host.search_model import PRMSearch
-    from vlmeval_prm.policy.base import UnsupportedPolicyError
+    """VLMEvalKit's own local wrappers generate whole answers inside their code: search refuses them, naming the
+    class and the way out; an unknown method fails when the model is built."""
+    from vlmeval.vlm import InternVLChat
 
+    from vlmeval_prm.host.search_model import PRMSearch
+    from vlmeval_prm.policy.step_extension import refusal
+
+    assert "InternVLChat cannot continue a partial answer" in refusal(InternVLChat) and "-BoN<N>" in refusal(
+        InternVLChat
+    )
     api = {"class": "GPT4V", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1/chat/completions", "key": "k"}
-    with pytest.raises(UnsupportedPolicyError, match="GPT4V cannot continue a partial answer.*-BoN<N>"):
-        PRMSearch(model=api, prm="transformers:tiny:prm")
     with pytest.raises(ValueError, match="unknown search method 'mcts'"):
         PRMSearch(model=api, method="mcts", prm="transformers:tiny:prm")

@@ -93,3 +93,48 @@ def test_a_killed_search_resumes_without_generating_again(tmp_path, tiny_paths, 
     assert any(r["replayed"] > 0 for r in results)  # the resumed question replayed what it had stored
     assert all(r["compute"]["generated_tokens"] >= 0 and r["compute"]["prm_sequences"] > 0 for r in results)
     assert predictions(killed) == predictions(whole)
+
+
+@pytest.mark.parametrize("method", ["beam", "dvts"])
+def test_search_on_a_served_policy_counts_what_the_server_saw(tmp_path, tiny_paths, method):
+    """``PRMSearch`` over VLMEvalKit's GPT4V pointed at a vLLM stand-in (tests/standins/openai_standin.py: no vLLM
+    here) that continues each partial answer (``continue_final_message``): the run's stored compute is the
+    server's own token count, and every request carried the extension."""
+    from standins.openai_standin import serve_continuation
+
+    with serve_continuation() as server:
+        entry = {
+            "class": "PRMSearch",
+            "model": {
+                "class": "GPT4V",
+                "model": "standin-policy",
+                "key": "sk-x",
+                "retry": 1,
+                "verbose": False,
+                "api_base": f"{server.url}/v1/chat/completions",
+            },
+            "method": method,
+            "n": 4,
+            "width": 2,
+            "iterations": 4,
+            "prm": "transformers:tiny:prm",
+        }
+        (tmp_path / "config.json").write_text(json.dumps({"model": {"Search": entry}, "data": ROWS.config()}))
+        env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), DEMO_ENV: "1"}
+        args = ["--config", str(tmp_path / "config.json"), *ROWS.args(tmp_path / "LMUData")]
+        out = subprocess.run(
+            vlmeval_run_command(args, tmp_path / "outputs"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert server.payloads and all(p["continue_final_message"] and p["stop"] == ["\n\n"] for p in server.payloads)
+    results = [line for line in search_lines(tmp_path) if line["kind"] == "result"]
+    assert len(results) == ROWS.rows and all(r["best"] and r["finished"] for r in results)
+    assert sum(r["compute"]["generated_tokens"] for r in results) == server.completion_tokens > 0
+    assert sum(r["compute"]["prompt_tokens"] for r in results) == server.prompt_tokens
+    assert sum(r["compute"]["policy_calls"] for r in results) <= len(server.payloads)
+    assert all(p.startswith("Step 1:") and "So the answer is" in p for p in predictions(tmp_path))

@@ -138,6 +138,46 @@ class SamplingStandin(ChatStandin):
         return 200, self.body(request, payload, [self.reply(request, i) for i in range(n)])
 
 
+class ContinuationStandin(ChatStandin):
+    """A vLLM server continuing a final assistant message (``continue_final_message``, vLLM's chat extension):
+    ``n`` continuations of the partial answer, each one step (up to and including the blank line, as with
+    ``include_stop_str_in_output``) or the final answer at the third step; a request without the extension
+    is refused as vLLM refuses a malformed request. Counts every token it reads and writes (one token per
+    word here) in ``prompt_tokens`` / ``completion_tokens``, and reports them as ``usage``."""
+
+    def __init__(self, model: str = "standin-policy"):
+        super().__init__(model)
+        self.prompt_tokens = self.completion_tokens = 0
+
+    @staticmethod
+    def words(text: str) -> int:
+        return len(text.split())
+
+    def answer(self, payload, auth):
+        request = self.record(payload, auth)
+        messages = payload.get("messages") or []
+        if not (payload.get("continue_final_message") and messages and messages[-1]["role"] == "assistant"):
+            return 400, {"error": {"message": "continue_final_message needs a final assistant message"}}
+        prefix, question = messages[-1]["content"], last_text({"messages": messages[:-1]})
+        depth = prefix.count("\n\n") + 1
+        texts = []
+        for j in range(int(payload.get("n", 1))):
+            h = sum(map(ord, f"{prefix}|{j}|{payload.get('seed')}"))
+            if depth >= 3:
+                texts.append(f"So the answer is {'ABCD'[h % 4]}.")
+            else:
+                texts.append(f"Step {depth}: look at part {h % 7} of the figure.\n\n")
+        with self._lock:
+            self.prompt_tokens += self.words(question) + self.words(prefix)
+            self.completion_tokens += sum(map(self.words, texts))
+        body = self.body(request, payload, texts)
+        body["usage"] = {
+            "prompt_tokens": self.words(question) + self.words(prefix),
+            "completion_tokens": sum(map(self.words, texts)),
+        }
+        return 200, body
+
+
 @contextlib.contextmanager
 def _serving(server: ChatStandin) -> Iterator[ChatStandin]:
     server.start()
@@ -153,6 +193,10 @@ def serve_scripted(reply: Callable[[str, dict], str | None], model: str = "stand
 
 def serve_sampling(honour_n: bool = True, model: str = "standin"):
     return _serving(SamplingStandin(honour_n, model))
+
+
+def serve_continuation(model: str = "standin-policy"):
+    return _serving(ContinuationStandin(model))
 
 
 def gpt4v_bon_config(name: str, n: int, server: ChatStandin, key: str, data: str | dict) -> dict:

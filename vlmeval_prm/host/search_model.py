@@ -78,8 +78,12 @@ class PRMSearch(BaseModel):
         expansions = ExpansionLog(
             stored, on_append=lambda e: search_log.append(path, search_log.expansion_record(key, e))
         )
-        with SEEDED_SAMPLING:  # one seeded sampling at a time in a process (see host.bon)
-            result = self.run(prompt, images, self.policy, self.scoring.scorer, self.config, expansions)
+        try:
+            with SEEDED_SAMPLING:  # one seeded sampling at a time in a process (see host.bon)
+                result = self.run(prompt, images, self.policy, self.scoring.scorer, self.config, expansions)
+        except Exception as exc:  # a failed request or generate: recorded, retried by VLMEvalKit's next run
+            log.warning("%s: the search of sample %s failed: %s: %s", self.name, key, type(exc).__name__, exc)
+            return f"{FAIL_MSG} vlmeval-prm: the {self.method} search failed: {type(exc).__name__}: {exc}"
         best = result.best(self.config.aggregate)
         search_log.append(
             path,
