@@ -106,3 +106,13 @@ def pinned_run_command(names: Sequence[str], *args: str) -> list[str]:
 
     tests = os.path.dirname(os.path.abspath(__file__))
     return [sys.executable, "-c", PINNED_RUNNER.format(tests=tests, names=list(names)), *args]
+
+
+def one_output(folder, pattern: str):
+    """The one file ``pattern`` names under a model's output folder: ms-vlmeval writes it there, upstream run.py
+    writes it into the run folder ``<eval_id>/`` and links it there (the same file twice: one is returned)."""
+    import pathlib
+
+    found = {pathlib.Path(p).resolve(): p for p in pathlib.Path(folder).rglob(pattern)}
+    assert len(found) == 1, f"{pattern} under {folder}: {sorted(map(str, found))}"
+    return next(iter(found.values()))

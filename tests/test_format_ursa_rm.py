@@ -163,7 +163,7 @@ def test_visualprocessbench_with_an_ursa_rm_prm_through_vlmeval_run(tmp_path, mo
     """``python -m vlmeval.run --config`` (or a checkout's run.py): the stand-in URSA-RM as a ``PRMJudge`` on the
     fixture release of VisualProcessBench; its format comes from its config.json, its package from
     PYTHONPATH. Every prediction equals this process's scores of the same steps and images."""
-    from commands import vlmeval_run_command
+    from commands import one_output, vlmeval_run_command
 
     from vlmeval_prm.constants import DEMO_ENV
 
@@ -195,8 +195,8 @@ def test_visualprocessbench_with_an_ursa_rm_prm_through_vlmeval_run(tmp_path, mo
     from vlmeval_prm.datasets.visualprocessbench import VisualProcessBench
 
     folder = tmp_path / "outputs" / "URSA-RM"
-    pred = pd.read_excel(next(folder.rglob("URSA-RM_VisualProcessBench.xlsx")))
-    metrics = pd.read_csv(next(folder.rglob("URSA-RM_VisualProcessBench_metrics.csv")))
+    pred = pd.read_excel(one_output(folder, "URSA-RM_VisualProcessBench.xlsx"))
+    metrics = pd.read_csv(one_output(folder, "URSA-RM_VisualProcessBench_metrics.csv"))
     assert metrics.iloc[:, 0].astype(str).str.contains("Overall").any() and metrics["failed"].sum() == 0
     monkeypatch.setenv("LMUData", str(tmp_path / "LMUData"))
     dataset = VisualProcessBench("VisualProcessBench")

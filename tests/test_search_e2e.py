@@ -12,7 +12,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from commands import MiniRows, vlmeval_run_command
+from commands import MiniRows, one_output, vlmeval_run_command
 
 from vlmeval_prm.constants import DEMO_ENV
 
@@ -59,7 +59,7 @@ def search_lines(work) -> list[dict]:
 
 
 def predictions(work) -> list[str]:
-    (path,) = (work / "outputs" / "Search").rglob(f"Search_{ROWS.data}.xlsx")
+    path = one_output(work / "outputs" / "Search", f"Search_{ROWS.data}.xlsx")
     return pd.read_excel(path).sort_values("index")["prediction"].astype(str).tolist()
 
 

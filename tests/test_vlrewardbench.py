@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import pandas as pd
 import pytest
-from commands import pinned_run_command
+from commands import one_output, pinned_run_command
 
 from standins.offline_benchmarks import write_tsv
 from standins.openai_standin import last_text, serve_scripted
@@ -91,7 +91,7 @@ def evaluated(tmp_path_factory, tiny_paths):
 
 
 def metrics(work, model: str) -> pd.Series:
-    (path,) = (work / "outputs" / model).rglob(f"{model}_{DATA}_{JUDGE}_score.csv")
+    path = one_output(work / "outputs" / model, f"{model}_{DATA}_{JUDGE}_score.csv")
     return pd.read_csv(path).iloc[0]
 
 
@@ -118,7 +118,7 @@ def test_a_prm_prefers_its_higher_scored_response(evaluated):
     work, _ = evaluated
     prm, fmt = TransformersPRM("tiny:prm"), build_format("visualprm")
     folder = work / "outputs" / "TinyPRM-judge"
-    pred = pd.read_excel(next(folder.rglob(f"TinyPRM-judge_{DATA}.xlsx")))
+    pred = pd.read_excel(one_output(folder, f"TinyPRM-judge_{DATA}.xlsx"))
     image = next((work / "LMUData" / "images" / DATA).glob("0*"))
     correct = []
     for k, (_, question, responses, _) in enumerate(ROWS):

@@ -13,7 +13,7 @@ from ast import literal_eval
 
 import pandas as pd
 import pytest
-from commands import pinned_run_command
+from commands import one_output, pinned_run_command
 
 from standins.offline_benchmarks import write_tsv
 from standins.openai_standin import serve_scripted
@@ -104,7 +104,7 @@ def evaluated(tmp_path_factory, tiny_paths):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = {model: {} for model in models}
     for model, name in itertools.product(got, names):
-        (score,) = (work / "outputs" / model).rglob(f"{model}_{name}_score.csv")
+        score = one_output(work / "outputs" / model, f"{model}_{name}_score.csv")
         got[model].update(pd.read_csv(score).iloc[0].to_dict())
     return work, got
 
@@ -162,7 +162,7 @@ def test_metrics_equal_a_recomputation_from_the_prms_scores(evaluated):
     check_step_metrics(got, {q: [int(p <= THRESHOLD) for p in scores(q, steps)] for _, q, steps, _ in STEP_ROWS})
     # foresight: VLMEvalKit 0.0.20 compares task_gt with ``is True``, which the numpy booleans it reads from the
     # prediction file never are (its accuracy is 0 for any model): the answers are checked here instead
-    (folder,) = (work / "outputs" / "VLMEvalPRM-TinyPRM").rglob(f"VLMEvalPRM-TinyPRM_{DATA}_Foresight.xlsx")
+    folder = one_output(work / "outputs" / "VLMEvalPRM-TinyPRM", f"VLMEvalPRM-TinyPRM_{DATA}_Foresight.xlsx")
     answers = pd.read_excel(folder)["prediction"].tolist()
     assert answers == [
         "Yes" if response_score(scores(q, s), "mean") > THRESHOLD else "No" for q, s, _ in FORESIGHT_ROWS
