@@ -205,3 +205,27 @@ def test_a_registered_benchmark_is_judged_per_answer_beside_the_store(lmudata, t
     assert (tmp_path / f"{MODEL}_MMMU_DEV_VAL_bon_judge.jsonl").exists()
     votes = vote_contexts(dataset, table)
     assert votes[0].choices["B"] == "15 cm" and votes[3].choices == {"A": "16", "B": "Other Answers"}
+
+
+def test_both_judge_caches_share_one_definition_of_a_verdicts_identity(mcq):
+    """The per-index evaluation cache and the per-item judge cache key a verdict by the same judge settings
+    (``judge_cache.judge_identity``): transport and credentials never, the judge model always."""
+    from vlmeval_prm.report.judge_cache import judge_identity
+    from vlmeval_prm.report.judging import cache_key
+
+    base = {"model": "gpt-4o-mini", "temperature": 0}
+    transport = {
+        "nproc": 8,
+        "retry": 3,
+        "timeout": 5,
+        "wait": 1,
+        "verbose": True,
+        "key": "sk-x",
+        "api_base": "http://h",
+    }
+    rows, preds = [0, 1], ["A", "B"]
+    assert cache_key(mcq, rows, preds, base) == cache_key(mcq, rows, preds, {**base, **transport})
+    assert judge_identity(base) == judge_identity({**base, **transport})
+    other = {**base, "model": "gpt-4o"}
+    assert cache_key(mcq, rows, preds, base) != cache_key(mcq, rows, preds, other)
+    assert judge_identity(base) != judge_identity(other)

@@ -66,8 +66,6 @@ DEFAULT_JUDGE_NPROC = 4
 #: while the judge is built, so no key reaches a log.
 _CHATTY_LOGGERS = ("vlmeval.api.gpt", "vlmeval.api.base")
 CACHE_FILE = "correctness.json"
-#: judge_kwargs that do not change verdicts, left out of the cache key.
-_NOT_IN_KEY = ("nproc", "verbose", "retry", "timeout")
 #: ImageMCQDataset.evaluate_heuristic renames these judges in its file names (vlmeval/dataset/image_mcq.py).
 _MCQ_JUDGE_NAMES = {"chatgpt-0125": "openai", "gpt-4-0125": "gpt4"}
 _CIRCULAR_MARKERS = ("mmbench", "ccbench", "circular", "mmcr")  # as image_mcq.py decides circular
@@ -115,7 +113,7 @@ def cache_key(dataset, indices: Sequence, predictions: Sequence[str | None], jud
             "dataset": dataset.dataset_name,
             "type": str(getattr(dataset, "TYPE", "")),
             "rows": [[str(i), p] for i, p in zip(indices, predictions)],
-            "judge": {k: v for k, v in judge_kwargs.items() if k not in _NOT_IN_KEY},
+            "judge": judge_identity(judge_kwargs),  # the one definition of what identifies a verdict
         },
         sort_keys=True,
         ensure_ascii=False,
