@@ -20,10 +20,23 @@ pytestmark = pytest.mark.e2e
 ROWS = MiniRows(2)
 
 
-def launch(work, method: str) -> subprocess.Popen:
+def served(url: str) -> dict:
+    """VLMEvalKit's GPT4V pointed at a vLLM stand-in that continues partial answers."""
+    api_base = f"{url}/v1/chat/completions"
+    return {
+        "class": "GPT4V",
+        "model": "standin-policy",
+        "key": "sk-x",
+        "retry": 1,
+        "verbose": False,
+        "api_base": api_base,
+    }
+
+
+def launch(work, method: str, model: str | dict = "VLMEvalPRM-TinyPolicy") -> subprocess.Popen:
     entry = {
         "class": "PRMSearch",
-        "model": "VLMEvalPRM-TinyPolicy",
+        "model": model,
         "method": method,
         "n": 4,
         "width": 2,
@@ -63,16 +76,23 @@ def predictions(work) -> list[str]:
     return pd.read_excel(path).sort_values("index")["prediction"].astype(str).tolist()
 
 
-@pytest.mark.parametrize("method", ["beam", "dvts"])
-def test_a_killed_search_resumes_without_generating_again(tmp_path, tiny_paths, method):
+@pytest.mark.parametrize("method, policy", [("beam", "local"), ("dvts", "local"), ("beam", "served")])
+def test_a_killed_search_resumes_without_generating_again(tmp_path, tiny_paths, method, policy):
+    from standins.openai_standin import serve_continuation
+
+    with serve_continuation(delay=0.5) as server:
+        check_resume(tmp_path, method, served(server.url) if policy == "served" else "VLMEvalPRM-TinyPolicy")
+
+
+def check_resume(tmp_path, method: str, model) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir()
     killed.mkdir()
-    proc = launch(whole, method)
+    proc = launch(whole, method, model)
     out = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, out[-3000:]
 
-    proc = launch(killed, method)
+    proc = launch(killed, method, model)
     deadline = time.monotonic() + 600
     while sum(line["kind"] == "expansion" for line in search_lines(killed)) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, "the search ended before it could be killed"
@@ -80,7 +100,7 @@ def test_a_killed_search_resumes_without_generating_again(tmp_path, tiny_paths, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = [line for line in search_lines(killed) if line["kind"] == "expansion"]
-    proc = launch(killed, method)
+    proc = launch(killed, method, model)
     out = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, out[-3000:]
 
@@ -105,14 +125,7 @@ def test_search_on_a_served_policy_counts_what_the_server_saw(tmp_path, tiny_pat
     with serve_continuation() as server:
         entry = {
             "class": "PRMSearch",
-            "model": {
-                "class": "GPT4V",
-                "model": "standin-policy",
-                "key": "sk-x",
-                "retry": 1,
-                "verbose": False,
-                "api_base": f"{server.url}/v1/chat/completions",
-            },
+            "model": served(server.url),
             "method": method,
             "n": 4,
             "width": 2,

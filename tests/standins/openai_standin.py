@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -145,9 +146,10 @@ class ContinuationStandin(ChatStandin):
     is refused as vLLM refuses a malformed request. Counts every token it reads and writes (one token per
     word here) in ``prompt_tokens`` / ``completion_tokens``, and reports them as ``usage``."""
 
-    def __init__(self, model: str = "standin-policy"):
+    def __init__(self, model: str = "standin-policy", delay: float = 0.0):
         super().__init__(model)
         self.prompt_tokens = self.completion_tokens = 0
+        self.delay = delay  # seconds per request, like a server under load
 
     @staticmethod
     def words(text: str) -> int:
@@ -155,6 +157,7 @@ class ContinuationStandin(ChatStandin):
 
     def answer(self, payload, auth):
         request = self.record(payload, auth)
+        time.sleep(self.delay)
         messages = payload.get("messages") or []
         if not (payload.get("continue_final_message") and messages and messages[-1]["role"] == "assistant"):
             return 400, {"error": {"message": "continue_final_message needs a final assistant message"}}
@@ -195,8 +198,8 @@ def serve_sampling(honour_n: bool = True, model: str = "standin"):
     return _serving(SamplingStandin(honour_n, model))
 
 
-def serve_continuation(model: str = "standin-policy"):
-    return _serving(ContinuationStandin(model))
+def serve_continuation(model: str = "standin-policy", delay: float = 0.0):
+    return _serving(ContinuationStandin(model, delay))
 
 
 def gpt4v_bon_config(name: str, n: int, server: ChatStandin, key: str, data: str | dict) -> dict:
