@@ -29,7 +29,7 @@ from vlmeval_prm.constants import DEFAULT_PRM_SPEC, MAX_STEPS
 from vlmeval_prm.datasets.visualprocessbench import VisualProcessBench
 from vlmeval_prm.datasets.vlrmbench import VLRMBENCH_DATASETS, vlrm_task
 from vlmeval_prm.datasets.vlrmbench import answer as vlrm_answer
-from vlmeval_prm.prm import PRMScorer, build_scorer, spec_format, validate_spec
+from vlmeval_prm.prm import PRMScorer, build_scorer, validate_spec
 from vlmeval_prm.prm.formats import DEFAULT_FORMAT, format_class
 from vlmeval_prm.select.aggregate import AGGREGATORS, response_score
 
@@ -76,13 +76,13 @@ class PRMJudge(BaseModel):
         if aggregate not in AGGREGATORS:
             raise ValueError(f"aggregate must be one of {sorted(AGGREGATORS)}, got {aggregate!r}")
         self.aggregate, self.max_steps, self.threshold = aggregate, max_steps, threshold
-        #: How a response is cut into the steps the scorer scores (VL-RewardBench): its format's rule.
-        self.format = format_class(DEFAULT_FORMAT)()
         if not isinstance(prm, PRMScorer):
             validate_spec(prm, options)  # a bad spec fails here, not at the first sample
-            self.format = format_class(spec_format(prm, options))()
             prm = build_scorer(prm, **options)
         self.scorer = prm
+        #: How a response is cut into the steps the scorer scores (VL-RewardBench): its format's rule (a critic,
+        #: which has no format, gets the default one).
+        self.format = getattr(prm, "fmt", None) or format_class(DEFAULT_FORMAT)()
 
     @property
     def generative(self) -> bool:
@@ -111,64 +111,62 @@ class PRMJudge(BaseModel):
 
     def generate_inner(self, message: list[dict], dataset: str | None = None) -> str:
         payload = _payload(message)
-        fail = partial(_failure, getattr(self.scorer, "identity", type(self.scorer).__name__))
         if payload is None and self.generative:  # the dataset's own prompt, to a judge that answers prompts
             return self.scorer.judge.generate(message=message, dataset=dataset)
         images = [m["value"] for m in message if m["type"] == "image"]
-        if payload is not None and PAIR_KEY in payload:
-            return self._prefer(payload, images, fail)
-        if payload is not None and VLRM_KEY in payload:
-            return self._vlrm(*payload[VLRM_KEY], images, fail)
-        if payload is None:
-            return fail(
-                f"PRMJudge scores given steps; {dataset or 'this dataset'} provides none "
-                f"(supported: {', '.join(VisualProcessBench.supported_datasets())})"
-            )
-        steps, images = payload[PAYLOAD_KEY], [m["value"] for m in message if m["type"] == "image"]
         try:
-            result = self.scorer.score(payload["question"], images, [steps], mode="step")[0]
-        except Exception as exc:  # a backend should not raise, but a broken connection must not end the run
-            return fail(f"{type(exc).__name__}: {exc}")
-        if not result.ok:
-            return fail(result.error or "no scores")
-        if len(result.scores) != len(steps):
-            return fail(f"{len(result.scores)} scores for {len(steps)} steps")
-        return json.dumps(result.scores)
+            if payload is not None and PAIR_KEY in payload:
+                return self._prefer(payload, images)
+            if payload is not None and VLRM_KEY in payload:
+                return self._vlrm(*payload[VLRM_KEY], images)
+            if payload is None:
+                raise _Unscored(
+                    f"PRMJudge scores given steps; {dataset or 'this dataset'} provides none "
+                    f"(supported: {', '.join(VisualProcessBench.supported_datasets())})"
+                )
+            steps = payload[PAYLOAD_KEY]
+            (scores,) = self._scored(payload["question"], images, [steps])
+            if len(scores) != len(steps):
+                raise _Unscored(f"{len(scores)} scores for {len(steps)} steps")
+            return json.dumps(scores)
+        except _Unscored as exc:
+            return _failure(getattr(self.scorer, "identity", type(self.scorer).__name__), str(exc))
 
-    def _prefer(self, payload: dict, images: list[str], fail) -> str:
-        """Score both responses; the verdict line VL-RewardBench's evaluation reads (1-based, shown order)."""
-        pair = payload[PAIR_KEY]
-        steps = [self.format.split(r, self.max_steps) for r in pair]
+    def _scored(self, question: str, images: list[str], candidates: list[list[str]], name=None) -> list[list[float]]:
+        """Every candidate's step scores; ``_Unscored`` with the reason when the backend raises or a candidate
+        fails (``name(k)`` prefixes the k-th one's reason)."""
         try:
-            results = self.scorer.score(payload["question"], images, steps, mode="step")
-        except Exception as exc:
-            return fail(f"{type(exc).__name__}: {exc}")
-        bad = [f"response {k + 1}: {r.error or 'no scores'}" for k, r in enumerate(results) if not r.ok]
+            results = self.scorer.score(question, images, candidates, mode="step")
+        except Exception as exc:  # a backend should not raise, but a broken connection must not end the run
+            raise _Unscored(f"{type(exc).__name__}: {exc}") from None
+        bad = [(name(k) if name else "") + (r.error or "no scores") for k, r in enumerate(results) if not r.ok]
         if bad:
-            return fail("; ".join(bad))
-        values = [response_score(r.scores, self.aggregate) for r in results]
+            raise _Unscored("; ".join(bad))
+        return [r.scores for r in results]
+
+    def _prefer(self, payload: dict, images: list[str]) -> str:
+        """Score both responses; the verdict line VL-RewardBench's evaluation reads (1-based, shown order)."""
+        steps = [self.format.split(r, self.max_steps) for r in payload[PAIR_KEY]]
+        scores = self._scored(payload["question"], images, steps, name=lambda k: f"response {k + 1}: ")
+        values = [response_score(s, self.aggregate) for s in scores]
         detail = f" (PRM {self.aggregate}: {values[0]:.4f} vs {values[1]:.4f})"
         if values[0] == values[1]:
             return f"Overall Judgment: the two answers tie{detail}."
         return f"Overall Judgment: Answer {1 if values[0] > values[1] else 2} is better{detail}."
 
-    def _vlrm(self, prompt: str, category: str, images: list[str], fail) -> str:
+    def _vlrm(self, prompt: str, category: str, images: list[str]) -> str:
         """A VLRMBench row: its steps (or two responses) scored, answered as its evaluation reads."""
         try:
             task = vlrm_task(prompt, category)
         except ValueError as exc:
-            return fail(str(exc))
+            raise _Unscored(str(exc)) from None
         candidates = [task.steps] if task.pair is None else [self.format.split(r, self.max_steps) for r in task.pair]
-        try:
-            results = self.scorer.score(task.question, images, candidates, mode="step")
-        except Exception as exc:
-            return fail(f"{type(exc).__name__}: {exc}")
-        bad = [r.error or "no scores" for r in results if not r.ok]
-        if bad:
-            return fail("; ".join(bad))
-        return vlrm_answer(
-            task, [r.scores for r in results], self.threshold, partial(response_score, how=self.aggregate)
-        )
+        scores = self._scored(task.question, images, candidates)
+        return vlrm_answer(task, scores, self.threshold, partial(response_score, how=self.aggregate))
+
+
+class _Unscored(Exception):
+    """Why a row gets no prediction: written as VLMEvalKit's failure marker and this reason."""
 
 
 def _payload(message: list[dict]) -> dict | None:

@@ -115,15 +115,18 @@ def validate_spec(spec: str, options: dict | None = None) -> None:
             raise ValueError(
                 f"the {backend} backend takes no option {', '.join(map(repr, unknown))} (it takes {', '.join(params)})"
             )
-        if (options or {}).get("template") is not None:
+        options = dict(options or {})
+        if options.get("template") is not None:
             from vlmeval_prm.prm.conversation import chat_template
 
             chat_template(options["template"])
-        _CHECKS[backend](target, options or {})
+        if _backend_class(backend).uses_format:  # read once (a checkpoint's config.json), checked after the target
+            options["format"] = spec_format(spec, options)
+        _CHECKS[backend](target, options)
         if _backend_class(backend).uses_format:
             from vlmeval_prm.prm.formats import check_backend
 
-            check_backend(spec_format(spec, options), backend)
+            check_backend(options["format"], backend)
     except ValueError as exc:
         raise ValueError(f"PRM spec {spec!r}: {exc}") from None
 

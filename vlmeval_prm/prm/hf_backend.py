@@ -44,6 +44,7 @@ from vlmeval_prm.loading import (
     checkpoint_config,
     internvl_tiles,
     load_model_and_processor,
+    load_package_model,
     load_remote_code_model,
     package_classes,
     uses_remote_code,
@@ -372,8 +373,6 @@ class _PackageInputs:
     max_batch = 1
 
     def __init__(self, path: str, fmt: PRMFormat, device, dtype, classes: tuple[type, type]):
-        from vlmeval_prm.loading import load_package_model
-
         self.fmt = fmt
         self.model, self.processor = load_package_model(path, classes, device, dtype)
         self.tokenizer = self.processor.tokenizer
@@ -482,7 +481,7 @@ class TransformersPRM(PRMScorer):
         self.identity = f"transformers:{path}"
         self.kv_budget = kv_budget_mb * 2**20
         config = checkpoint_config(path)
-        if not format and (format := checkpoint_format(path, None)) != DEFAULT_FORMAT:
+        if not format and (format := detect_format(config)):
             log.info("%s: scoring in the %s format (its config.json names it)", path, format)
         format = format or DEFAULT_FORMAT
         package = package_classes(path, format, format_class(format).model_code, code)

@@ -31,6 +31,7 @@ from vlmeval_prm.report.collect import (
     run_judge,
     samples_for,
 )
+from vlmeval_prm.report.paper_table import plot_curves
 from vlmeval_prm.report.table import bon_table, print_report, write_report
 from vlmeval_prm.store.jsonl import CandidateStore, index_records, read_records
 
@@ -99,20 +100,8 @@ def _plots(summary: pd.DataFrame, prefix: str, strategy: str) -> dict[str, str]:
     from matplotlib.figure import Figure
 
     paths = {"compare_png": f"{prefix}_compare.png"}
-    fig = Figure(figsize=(7, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     ks = [c for c in summary.columns if isinstance(c, int)]
-    for scorer, row in summary.iterrows():
-        ax.plot(ks, [row[k] for k in ks], marker="o", label=str(scorer))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("N (candidates per question)")
-    ax.set_ylabel(f"{strategy} accuracy (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    fig.savefig(paths["compare_png"])
+    plot_curves(summary[ks], f"{strategy} accuracy", paths["compare_png"])  # the paper table's curves
     known = summary.dropna(subset=["benchmark"])
     if len(known):
         paths["benchmark_png"] = f"{prefix}_benchmark_vs_gain.png"

@@ -142,7 +142,8 @@ def scaling(table: pd.DataFrame) -> pd.DataFrame:
     return out.loc[list(dict.fromkeys(table["strategy"]))]
 
 
-def _plot(scale: pd.DataFrame, title: str, path: str) -> None:
+def plot_curves(scale: pd.DataFrame, title: str, path: str) -> None:
+    """Accuracy (%) against N, one line per row of ``scale`` (columns: the Ns), written to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -182,7 +183,7 @@ def write_paper(curves: Sequence[DatasetCurves], prefix: str) -> dict[str, str]:
             part.drop(columns="N").to_excel(xl, sheet_name=f"N={k}", index=False)
         scale.to_excel(xl, sheet_name="scaling")
         metrics.to_excel(xl, sheet_name="metrics", index=False)
-    _plot(scale, scale_title(curves), paths["png"])
+    plot_curves(scale, scale_title(curves), paths["png"])
     return paths
 
 
