@@ -123,27 +123,9 @@ def test_search_on_a_served_policy_counts_what_the_server_saw(tmp_path, tiny_pat
     from standins.openai_standin import serve_continuation
 
     with serve_continuation() as server:
-        entry = {
-            "class": "PRMSearch",
-            "model": served(server.url),
-            "method": method,
-            "n": 4,
-            "width": 2,
-            "iterations": 4,
-            "prm": "transformers:tiny:prm",
-        }
-        (tmp_path / "config.json").write_text(json.dumps({"model": {"Search": entry}, "data": ROWS.config()}))
-        env = {**os.environ, "LMUData": str(tmp_path / "LMUData"), DEMO_ENV: "1"}
-        args = ["--config", str(tmp_path / "config.json"), *ROWS.args(tmp_path / "LMUData")]
-        out = subprocess.run(
-            vlmeval_run_command(args, tmp_path / "outputs"),
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        proc = launch(tmp_path, method, served(server.url))
+        out = proc.communicate(timeout=900)[0]
+        assert proc.returncode == 0, out[-3000:]
         assert server.payloads and all(p["continue_final_message"] and p["stop"] == ["\n\n"] for p in server.payloads)
     results = [line for line in search_lines(tmp_path) if line["kind"] == "result"]
     assert len(results) == ROWS.rows and all(r["best"] and r["finished"] for r in results)
