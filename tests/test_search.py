@@ -158,3 +158,17 @@ def test_a_policy_that_cannot_continue_a_prefix_is_refused_by_name():
     api = {"class": "GPT4V", "model": "gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1/chat/completions", "key": "k"}
     with pytest.raises(ValueError, match="unknown search method 'mcts'"):
         PRMSearch(model=api, method="mcts", prm="transformers:tiny:prm")
+
+
+def test_a_step_cut_by_the_token_limit_does_not_end_the_answer(tiny_paths):
+    """TransformersChat's step extension (the tiny policy, 2 tokens per step at most): a continuation that hit the
+    limit without the delimiter is an unfinished step, never an answer."""
+    from vlmeval_prm.policy.step_extension import step_policy_for
+    from vlmeval_prm.policy.transformers_chat import TransformersChat
+
+    policy = step_policy_for(TransformersChat("tiny:policy"), temperature=1.0, top_p=1.0, max_step_tokens=2)
+    (exts,) = policy.extend("How many dots?", [], [[]], 6)
+    assert len(exts) == 6 and all(e.tokens <= 2 for e in exts)
+    cut = [e for e in exts if e.tokens == 2 and "\n\n" not in e.text]
+    assert cut and not any(e.finished for e in cut)
+    assert all(e.finished == ("\n\n" not in e.text and e.tokens < 2) for e in exts)

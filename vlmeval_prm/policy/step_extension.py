@@ -76,9 +76,9 @@ class TransformersStepPolicy:
             exts = []
             for row in ids[:, prompt_tokens:]:
                 text, tokens = self._step(row)
-                exts.append(
-                    Extension(text, finished=STEP_SEPARATOR not in text, tokens=tokens, prompt_tokens=prompt_tokens)
-                )
+                # the answer ended only where the model stopped by itself: not at the delimiter, not at the limit
+                finished = STEP_SEPARATOR not in text and tokens < self.max_step_tokens
+                exts.append(Extension(text, finished=finished, tokens=tokens, prompt_tokens=prompt_tokens))
             out.append(exts)
         return out
 
